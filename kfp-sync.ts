@@ -1,0 +1,1598 @@
+#!/usr/bin/env bun
+/**
+ * kfp-sync — find, compile and upload Kubeflow Pipelines in one step.
+ *
+ * The file reads top-down like the job it does:
+ *   types and config → discover → compile → upload → notify → report → main.
+ * Each stage is a function from data to data; processes, HTTP and the clock sit at the edges.
+ */
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { defineCommand, renderUsage, runCommand, type ArgsDef } from "citty";
+import { createConsola, type ConsolaReporter } from "consola";
+import { FetchError, ofetch, type $Fetch } from "ofetch";
+import YAML from "yaml";
+import pkg from "./package.json" with { type: "json" };
+
+export const VERSION: string = pkg.version;
+export const SUMMARY_SCHEMA_VERSION = 1;
+const DEFAULT_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888";
+const SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token";
+// Limits the KFP API server enforces (pipeline_upload_server.go, resource validation); checked
+// before sending so a bad pipeline fails with a clear local message instead of a server error.
+const MAX_UPLOAD_BYTES = 32 << 20;
+const MAX_PIPELINE_NAME = 128;
+const MAX_VERSION_NAME = 127;
+const NAME_RULE = /^[a-z0-9][a-z0-9-]{0,127}$/;
+const NTFY_MAX_MESSAGE_BYTES = 4096;
+
+// ─── Types ───────────────────────────────────────────────────────────────────────────────────────
+
+/** A problem the user has to act on: what happened, where, and what to do. */
+export interface Problem {
+  stage: "discover" | "compile" | "upload" | "notify" | "config";
+  message: string;
+  file?: string;
+  line?: number;
+  hint?: string;
+}
+
+/** A configuration or usage mistake: exit code 2, nothing attempted. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+export interface PipelineFile {
+  /** Path as the user sees it: relative to the working directory when inside it. */
+  path: string;
+  abs: string;
+  /** Which pipeline to compile when the file holds several (`--function FILE=NAME`). */
+  functionName?: string;
+}
+
+export interface CompiledSpec {
+  file: PipelineFile;
+  /** `pipelineInfo.name` of the compiled IR. */
+  irName: string;
+  description?: string;
+  output: string;
+  yaml: string;
+  ms: number;
+}
+
+export type CompileResult =
+  | ({ ok: true } & CompiledSpec)
+  | { ok: false; file: PipelineFile; problem: Problem; ms: number };
+
+export type UploadAction = "created" | "versioned" | "unchanged" | "failed";
+
+/** What the upload stage decided (dry run) or did (real run) for one pipeline. */
+export interface UploadOutcome {
+  /** What happened; absent in a dry run where something would change (see plan). */
+  action?: UploadAction;
+  /** In a dry run: "would create" / "would add version" / "unchanged". */
+  plan?: "would create" | "would add version" | "unchanged";
+  pipelineName: string;
+  pipelineId?: string;
+  versionId?: string;
+  versionName?: string;
+  url?: string;
+  problem?: Problem;
+}
+
+export interface PipelineReport {
+  file: string;
+  name?: string;
+  output?: string;
+  status: "compiled" | "failed";
+  action?: UploadAction;
+  plan?: UploadOutcome["plan"];
+  pipelineId?: string;
+  versionId?: string;
+  versionName?: string;
+  url?: string;
+  error?: Problem;
+  timings: { compileMs?: number; uploadMs?: number };
+}
+
+export interface Summary {
+  schemaVersion: typeof SUMMARY_SCHEMA_VERSION;
+  tool: { name: "kfp-sync"; version: string };
+  kfp?: { sdk: string; python: string };
+  server?: { host: string; version?: string; multiUser?: boolean };
+  dryRun: boolean;
+  versionTag: string;
+  commit?: string;
+  runUrl?: string;
+  counts: {
+    found: number;
+    compiled: number;
+    uploaded: number;
+    created: number;
+    versioned: number;
+    unchanged: number;
+    failed: number;
+  };
+  pipelines: PipelineReport[];
+  problems: Problem[];
+  interrupted?: "SIGINT" | "SIGTERM";
+  durationMs: number;
+}
+
+// ─── Config ──────────────────────────────────────────────────────────────────────────────────────
+
+// Flags are defined once; each has a description and, where it makes sense, an env fallback
+// (named in the description, resolved in resolveConfig).
+export const args = {
+  paths: { type: "positional", required: false, description: "Files or folders to search (default: the working directory)" },
+  pattern: { type: "string", description: "File name glob, repeatable (env KFP_SYNC_PATTERN, comma-separated) [*_pipeline.py]" },
+  "max-depth": { type: "string", description: "How deep to search folders; 1 = only their top level (env KFP_SYNC_MAX_DEPTH) [1]" },
+  exclude: { type: "string", description: "Glob of paths to skip, repeatable (env KFP_SYNC_EXCLUDE, comma-separated)" },
+  function: { type: "string", description: "FILE=NAME: which pipeline to compile in a file holding several, repeatable (env KFP_SYNC_FUNCTION)" },
+  "out-dir": { type: "string", description: "Where compiled YAML goes (env KFP_SYNC_OUT_DIR) [.kfp-sync]" },
+  python: { type: "string", description: "Python interpreter with kfp installed (env KFP_SYNC_PYTHON) [python3]" },
+  "kfp-version": { type: "string", description: "kfp SDK version you pinned; a different installed one is an error (env KFP_SYNC_KFP_VERSION)" },
+  jobs: { type: "string", description: "Files compiled at once (env KFP_SYNC_JOBS) [CPU count]" },
+  timeout: { type: "string", description: "Seconds one file may take to compile (env KFP_SYNC_TIMEOUT) [120]" },
+  "dry-run": { type: "boolean", description: "Find and compile; with a host, only read what would change. No writes (env KFP_SYNC_DRY_RUN)" },
+  host: { type: "string", description: `KFP API server (env KFP_HOST) [${DEFAULT_HOST}]` },
+  "ui-url": { type: "string", description: "KFP UI base for links (env KFP_UI_URL) [the host]" },
+  namespace: { type: "string", description: "Kubernetes namespace of the pipelines; required in multi-user mode (env KFP_NAMESPACE)" },
+  token: { type: "string", description: "Bearer token (env KFP_TOKEN; else the file in KF_PIPELINES_SA_TOKEN_PATH or the service-account token; else KFP_COOKIE)" },
+  "name-from": { type: "enum", options: ["ir", "file"], description: "Pipeline name from the IR's pipelineInfo.name or from the file name (env KFP_SYNC_NAME_FROM) [ir]" },
+  "version-tag": { type: "string", description: "Version name for this run (env KFP_SYNC_VERSION_TAG) [vYYYYMMDD-HHMMSS, UTC]" },
+  force: { type: "boolean", description: "Upload a new version even when the spec is unchanged (env KFP_SYNC_FORCE)" },
+  "http-timeout": { type: "string", description: "Seconds one HTTP request may take (env KFP_SYNC_HTTP_TIMEOUT) [30]" },
+  retries: { type: "string", description: "Retries of a failed read (env KFP_SYNC_RETRIES) [4]" },
+  "ntfy-url": { type: "string", description: "ntfy topic URL to notify, e.g. https://ntfy.example/ci (env NTFY_URL)" },
+  "ntfy-token": { type: "string", description: "ntfy access token, or user:password (env NTFY_TOKEN)" },
+  "ntfy-required": { type: "boolean", description: "A failed notification fails the run (env NTFY_REQUIRED)" },
+  "run-url": { type: "string", description: "Link to the CI run (env KFP_SYNC_RUN_URL) [built from GITHUB_* variables]" },
+  verbose: { type: "boolean", description: "Show full errors and each HTTP request" },
+  version: { type: "boolean", description: "Print the version and exit" },
+  help: { type: "boolean", alias: "h", description: "Show this help" },
+} as const satisfies ArgsDef;
+
+const REPEATABLE = new Set(["pattern", "exclude", "function"]);
+
+export interface Auth {
+  kind: "token" | "cookie" | "none";
+  /** Where it came from, for the log; never the value. */
+  source: string;
+  header?: { name: "Authorization" | "Cookie"; value: string };
+}
+
+export interface Config {
+  cwd: string;
+  paths: string[];
+  patterns: string[];
+  excludes: string[];
+  maxDepth: number;
+  functions: Map<string, string>;
+  outDir: string;
+  python: string;
+  kfpVersion?: string;
+  jobs: number;
+  timeoutSec: number;
+  dryRun: boolean;
+  /** Undefined in a dry run without an explicit host: then no network call at all. */
+  host?: string;
+  uiUrl?: string;
+  namespace?: string;
+  auth: Auth;
+  nameFrom: "ir" | "file";
+  versionTag: string;
+  force: boolean;
+  httpTimeoutMs: number;
+  retries: number;
+  ntfy?: { url: string; token?: string; required: boolean };
+  runUrl?: string;
+  commit?: string;
+  verbose: boolean;
+  /** Values that must never be printed. */
+  secrets: string[];
+}
+
+type Env = Record<string, string | undefined>;
+
+/** All values of a repeatable flag, in order (citty keeps only the last). */
+export function repeatedFlag(rawArgs: string[], name: string): string[] {
+  const values: string[] = [];
+  for (let i = 0; i < rawArgs.length; i++) {
+    const arg = rawArgs[i]!;
+    if (arg === "--") break;
+    if (arg === `--${name}` && i + 1 < rawArgs.length) values.push(rawArgs[++i]!);
+    else if (arg.startsWith(`--${name}=`)) values.push(arg.slice(name.length + 3));
+  }
+  return values;
+}
+
+/** citty ignores unknown flags; a typo must not silently change what a CI run does. */
+export function unknownFlags(rawArgs: string[], def: ArgsDef): string[] {
+  const known = new Set<string>();
+  for (const [name, arg] of Object.entries(def)) {
+    known.add(name);
+    if (arg.type === "boolean") known.add(`no-${name}`);
+    if ("alias" in arg) for (const alias of [arg.alias ?? []].flat()) known.add(alias);
+  }
+  const unknown: string[] = [];
+  for (const arg of rawArgs) {
+    if (arg === "--") break;
+    const m = /^--?([^=]+)/.exec(arg);
+    if (m && arg !== "-" && !known.has(m[1]!)) unknown.push(arg.split("=")[0]!);
+  }
+  return unknown;
+}
+
+function listFrom(flagValues: string[], envValue: string | undefined): string[] {
+  const values = flagValues.length > 0 ? flagValues : (envValue ?? "").split(",");
+  return values.map((v) => v.trim()).filter(Boolean);
+}
+
+function positiveInt(value: string | undefined, fallback: number, what: string): number {
+  if (value === undefined || value === "") return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`${what} must be a whole number, got "${value}"`);
+  return n;
+}
+
+function truthy(value: string | undefined): boolean {
+  return value !== undefined && /^(1|true|yes|on)$/i.test(value.trim());
+}
+
+/** `v20260213-143022`: one tag for the whole run, in UTC. */
+export function versionTagFor(now: Date): string {
+  const iso = now.toISOString(); // 2026-02-13T14:30:22.123Z
+  return `v${iso.slice(0, 10).replaceAll("-", "")}-${iso.slice(11, 19).replaceAll(":", "")}`;
+}
+
+/**
+ * The link to this CI run. Gitea ≤ 1.25 and Forgejo link runs by number, GitHub and Gitea ≥ 1.26
+ * by id; Gitea's GITHUB_SERVER_URL ends with a slash.
+ */
+export function runUrlFrom(env: Env): string | undefined {
+  if (env.KFP_SYNC_RUN_URL) return env.KFP_SYNC_RUN_URL;
+  const server = env.GITHUB_SERVER_URL?.replace(/\/+$/, "");
+  const repo = env.GITHUB_REPOSITORY;
+  if (!server || !repo) return undefined;
+  const forgejo = truthy(env.FORGEJO_ACTIONS);
+  const gitea = truthy(env.GITEA_ACTIONS) || forgejo;
+  const giteaVersion = env.GITEA_ACTIONS_RUNNER_VERSION ?? "";
+  const byNumber = forgejo || (gitea && !giteaAtLeast(env.GITEA_VERSION ?? giteaVersion, 1, 26));
+  const run = byNumber ? (env.GITHUB_RUN_NUMBER ?? env.GITHUB_RUN_ID) : (env.GITHUB_RUN_ID ?? env.GITHUB_RUN_NUMBER);
+  return run ? `${server}/${repo}/actions/runs/${run}` : undefined;
+}
+
+function giteaAtLeast(version: string, major: number, minor: number): boolean {
+  const m = /(\d+)\.(\d+)/.exec(version);
+  if (!m) return false;
+  return Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor);
+}
+
+function gitCommit(env: Env, cwd: string): string | undefined {
+  if (env.GITHUB_SHA) return env.GITHUB_SHA;
+  try {
+    const r = Bun.spawnSync(["git", "rev-parse", "HEAD"], { cwd, stdout: "pipe", stderr: "ignore" });
+    return r.exitCode === 0 ? r.stdout.toString().trim() || undefined : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** kfp.Client's order: explicit token, the token file it is told of, the service-account token; then a cookie. */
+export function resolveAuth(token: string | undefined, env: Env): Auth {
+  if (token) return { kind: "token", source: "--token/KFP_TOKEN", header: { name: "Authorization", value: `Bearer ${token}` } };
+  const tokenPath = env.KF_PIPELINES_SA_TOKEN_PATH;
+  if (tokenPath) {
+    let value: string;
+    try {
+      value = fs.readFileSync(tokenPath, "utf8").trim();
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new UsageError(
+        code === "ENOENT"
+          ? `KF_PIPELINES_SA_TOKEN_PATH names ${tokenPath}, which does not exist: mount the token there or unset the variable`
+          : `cannot read the token file ${tokenPath} (${code}): check its permissions`,
+        { cause: error },
+      );
+    }
+    if (!value) throw new UsageError(`the token file ${tokenPath} is empty`);
+    return { kind: "token", source: tokenPath, header: { name: "Authorization", value: `Bearer ${value}` } };
+  }
+  if (fs.existsSync(SA_TOKEN_PATH)) {
+    try {
+      const value = fs.readFileSync(SA_TOKEN_PATH, "utf8").trim();
+      if (value) return { kind: "token", source: SA_TOKEN_PATH, header: { name: "Authorization", value: `Bearer ${value}` } };
+    } catch {
+      // An unreadable default token is not the user's choice; fall through to a cookie or none.
+    }
+  }
+  const cookie = env.KFP_COOKIE;
+  if (cookie) {
+    // A bare value is Dex's session cookie, as oauth2-proxy/authservice in Kubeflow name it.
+    const value = cookie.includes("=") ? cookie : `authservice_session=${cookie}`;
+    return { kind: "cookie", source: "KFP_COOKIE", header: { name: "Cookie", value } };
+  }
+  return { kind: "none", source: "none" };
+}
+
+function parseHost(value: string, what: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new UsageError(`${what} "${value}" is not a URL: give it as http://HOST:PORT`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new UsageError(`${what} "${value}" must start with http:// or https://`);
+  }
+  if (url.username || url.password) throw new UsageError(`${what} must not carry credentials; use --token or KFP_COOKIE`);
+  return url.toString().replace(/\/+$/, "");
+}
+
+export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[], env: Env, cwd: string, now: Date): Config {
+  const flag = (name: string) => {
+    const v = parsed[name];
+    return typeof v === "string" && v !== "" ? v : undefined;
+  };
+  const bool = (name: string, envName: string) => {
+    const v = parsed[name];
+    return typeof v === "boolean" ? v : truthy(env[envName]);
+  };
+  const positional = rawArgs.filter((a, i) => !a.startsWith("-") && !isFlagValue(rawArgs, i));
+
+  const functions = new Map<string, string>();
+  for (const spec of listFrom(repeatedFlag(rawArgs, "function"), env.KFP_SYNC_FUNCTION)) {
+    const at = spec.lastIndexOf("=");
+    if (at <= 0 || at === spec.length - 1) throw new UsageError(`--function takes FILE=NAME, got "${spec}"`);
+    functions.set(path.resolve(cwd, spec.slice(0, at)), spec.slice(at + 1));
+  }
+
+  const dryRun = bool("dry-run", "KFP_SYNC_DRY_RUN");
+  const hostValue = flag("host") ?? env.KFP_HOST;
+  // A dry run talks to a server only when told which one; a real run falls back to the in-cluster one.
+  const host = hostValue ? parseHost(hostValue, "--host/KFP_HOST") : dryRun ? undefined : DEFAULT_HOST;
+  const uiValue = flag("ui-url") ?? env.KFP_UI_URL;
+  const token = flag("token") ?? env.KFP_TOKEN;
+  const auth = host ? resolveAuth(token, env) : { kind: "none" as const, source: "none" };
+
+  const ntfyUrl = flag("ntfy-url") ?? env.NTFY_URL;
+  const ntfyToken = flag("ntfy-token") ?? env.NTFY_TOKEN;
+  if (ntfyUrl) parseHost(ntfyUrl, "--ntfy-url/NTFY_URL");
+
+  const nameFrom = (flag("name-from") ?? env.KFP_SYNC_NAME_FROM ?? "ir") as Config["nameFrom"];
+  if (nameFrom !== "ir" && nameFrom !== "file") throw new UsageError(`--name-from takes "ir" or "file", got "${nameFrom}"`);
+  const versionTag = flag("version-tag") ?? env.KFP_SYNC_VERSION_TAG ?? versionTagFor(now);
+  if (!NAME_RULE.test(versionTag) || versionTag.length > MAX_VERSION_NAME) {
+    throw new UsageError(`version tag "${versionTag}" breaks the server's name rule ${NAME_RULE.source} (max ${MAX_VERSION_NAME})`);
+  }
+  const jobs = positiveInt(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs");
+  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ntfyToken];
+
+  return {
+    cwd,
+    paths: positional,
+    patterns: listFrom(repeatedFlag(rawArgs, "pattern"), env.KFP_SYNC_PATTERN).concat([]).filter(Boolean),
+    excludes: listFrom(repeatedFlag(rawArgs, "exclude"), env.KFP_SYNC_EXCLUDE),
+    maxDepth: positiveInt(flag("max-depth") ?? env.KFP_SYNC_MAX_DEPTH, 1, "--max-depth"),
+    functions,
+    outDir: path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync"),
+    python: flag("python") ?? env.KFP_SYNC_PYTHON ?? "python3",
+    kfpVersion: flag("kfp-version") ?? env.KFP_SYNC_KFP_VERSION,
+    jobs: Math.max(1, jobs),
+    timeoutSec: positiveInt(flag("timeout") ?? env.KFP_SYNC_TIMEOUT, 120, "--timeout"),
+    dryRun,
+    host,
+    uiUrl: uiValue ? parseHost(uiValue, "--ui-url/KFP_UI_URL") : host,
+    namespace: flag("namespace") ?? env.KFP_NAMESPACE,
+    auth,
+    nameFrom,
+    versionTag,
+    force: bool("force", "KFP_SYNC_FORCE"),
+    httpTimeoutMs: positiveInt(flag("http-timeout") ?? env.KFP_SYNC_HTTP_TIMEOUT, 30, "--http-timeout") * 1000,
+    retries: positiveInt(flag("retries") ?? env.KFP_SYNC_RETRIES, 4, "--retries"),
+    ntfy: ntfyUrl ? { url: ntfyUrl, token: ntfyToken, required: bool("ntfy-required", "NTFY_REQUIRED") } : undefined,
+    runUrl: flag("run-url") ?? runUrlFrom(env),
+    commit: gitCommit(env, cwd),
+    verbose: parsed.verbose === true,
+    secrets: secrets.filter((s): s is string => typeof s === "string" && s.length >= 4),
+  };
+}
+
+function isFlagValue(rawArgs: string[], i: number): boolean {
+  const prev = rawArgs[i - 1];
+  if (!prev?.startsWith("--") || prev.includes("=")) return false;
+  const def = (args as ArgsDef)[prev.slice(2)];
+  return def !== undefined && def.type !== "boolean";
+}
+
+/** Replace every secret in a text with ***. Applied wherever text leaves the process. */
+export function scrub(text: string, secrets: string[]): string {
+  let out = text;
+  for (const secret of secrets) out = out.split(secret).join("***");
+  return out;
+}
+
+// ─── 1. Discover ─────────────────────────────────────────────────────────────────────────────────
+
+// Never worth searching, and searching them is slow: tool caches, environments, our own output.
+const SKIPPED_DIRS = new Set([".git", "node_modules", ".venv", "venv", "__pycache__", ".kfp-sync", ".tox", ".mypy_cache"]);
+
+export interface Discovery {
+  files: PipelineFile[];
+  problems: Problem[];
+}
+
+/**
+ * Find pipeline files: explicit files as given, folders searched like `find DIR -maxdepth N -name
+ * PATTERN`. Symlinked folders are followed once (a loop is reported, not followed).
+ */
+export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "excludes" | "maxDepth" | "functions" | "outDir">): Discovery {
+  const patterns = (cfg.patterns.length > 0 ? cfg.patterns : ["*_pipeline.py"]).map((p) => new Bun.Glob(p));
+  const excludes = cfg.excludes.map((p) => new Bun.Glob(p));
+  const found = new Map<string, PipelineFile>();
+  const problems: Problem[] = [];
+  const display = (abs: string) => {
+    const rel = path.relative(cfg.cwd, abs);
+    return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : abs;
+  };
+  const excluded = (abs: string) => {
+    const rel = display(abs);
+    return excludes.some((g) => g.match(rel) || g.match(path.basename(abs)));
+  };
+  const add = (abs: string) => {
+    let real: string;
+    try {
+      real = fs.realpathSync(abs);
+      fs.accessSync(real, fs.constants.R_OK);
+    } catch (error) {
+      problems.push({ stage: "discover", file: display(abs), message: `cannot read: ${(error as NodeJS.ErrnoException).code ?? error}`, hint: "check the file's permissions" });
+      return;
+    }
+    if (found.has(real)) return;
+    found.set(real, { path: display(abs), abs, functionName: cfg.functions.get(abs) ?? cfg.functions.get(real) });
+  };
+
+  const walk = (dir: string, depth: number, seen: Set<string>) => {
+    let entries: Buffer[];
+    try {
+      // Raw names: a name that is not UTF-8 must be reported, not silently mangled.
+      entries = fs.readdirSync(dir, { encoding: "buffer" });
+    } catch (error) {
+      problems.push({ stage: "discover", file: display(dir), message: `cannot list folder: ${(error as NodeJS.ErrnoException).code ?? error}` });
+      return;
+    }
+    for (const raw of entries) {
+      const name = raw.toString("utf8");
+      const abs = path.join(dir, name);
+      if (!Buffer.from(name, "utf8").equals(raw)) {
+        if (patterns.some((g) => g.match(name))) problems.push({ stage: "discover", file: display(abs), message: "file name is not valid UTF-8; Python cannot import it as a module", hint: "rename the file" });
+        continue;
+      }
+      if (excluded(abs)) continue;
+      const stat = fs.statSync(abs, { throwIfNoEntry: false });
+      if (!stat) {
+        if (patterns.some((g) => g.match(name))) problems.push({ stage: "discover", file: display(abs), message: "broken symbolic link" });
+        continue;
+      }
+      const isDir = stat.isDirectory();
+      const isFile = stat.isFile();
+      if (isDir) {
+        if (depth >= cfg.maxDepth || SKIPPED_DIRS.has(name) || abs === cfg.outDir) continue;
+        const real = fs.realpathSync(abs);
+        if (seen.has(real)) {
+          problems.push({ stage: "discover", file: display(abs), message: "symbolic link loop: not followed" });
+          continue;
+        }
+        walk(abs, depth + 1, new Set(seen).add(real));
+      } else if (isFile && patterns.some((g) => g.match(name))) {
+        add(abs);
+      }
+    }
+  };
+
+  const roots = cfg.paths.length > 0 ? cfg.paths : ["."];
+  for (const root of roots) {
+    const abs = path.resolve(cfg.cwd, root);
+    const stat = fs.statSync(abs, { throwIfNoEntry: false });
+    if (!stat) throw new UsageError(`${root}: no such file or folder`);
+    if (stat.isDirectory()) walk(abs, 1, new Set([fs.realpathSync(abs)]));
+    else add(abs);
+  }
+  const files = [...found.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return { files, problems };
+}
+
+// ─── 2. Compile ──────────────────────────────────────────────────────────────────────────────────
+
+/**
+ * The Python side, in one place. It imports kfp once and then forks one child per pipeline file,
+ * a few at a time: every compile starts from the same clean state (kfp keeps compile state in
+ * globals, kubeflow/pipelines#7008) without paying the ~1 s kfp import per file. The selection
+ * rule and the compile call are kfp's own (kfp.cli.compile_), so the YAML is byte-identical to
+ * `kfp dsl compile --py FILE --output OUT`.
+ *
+ * Protocol: after importing kfp it prints a "ready" event; then it reads one JSON request on
+ * stdin and prints one "done" event per file. Events go to the original stdout, which nothing
+ * else may use: a pipeline file's own prints go to a per-file log.
+ */
+export const COMPILE_DRIVER = String.raw`
+import json, os, signal, site, sys, sysconfig, time, traceback
+
+if sys.path and sys.path[0] == "":
+    del sys.path[0]  # python -c puts the working directory first; kfp dsl compile does not
+
+events = os.fdopen(os.dup(1), "w", buffering=1)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+
+def emit(**event):
+    events.write(json.dumps(event) + "\n")
+
+try:
+    import kfp
+    from kfp import compiler
+    from kfp.cli import compile_ as kfp_cli
+    from kfp.dsl.pipeline_context import Pipeline
+except BaseException as e:
+    emit(event="fatal", error="%s: %s" % (type(e).__name__, e))
+    sys.exit(3)
+
+emit(event="ready", kfp=kfp.__version__, python=sys.version.split()[0])
+
+# Frames in these folders are Python's or kfp's, not the user's: an error points at the user's line.
+LIBRARY_DIRS = tuple(os.path.join(os.path.realpath(p), "") for p in {
+    *sysconfig.get_paths().values(), *site.getsitepackages(), site.getusersitepackages()})
+
+def where(e, job):
+    if isinstance(e, SyntaxError) and e.filename:
+        return e.filename, e.lineno
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith("<") and not os.path.realpath(f.filename).startswith(LIBRARY_DIRS)]
+    return (frames[-1].filename, frames[-1].lineno) if frames else (job["file"], None)
+
+def compile_one(job):
+    os.setpgid(0, 0)  # so a timeout also ends whatever the file started
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    started = time.perf_counter()
+    try:
+        # Same switch as kfp dsl compile's --disable-execution-caching-by-default env var.
+        off = os.environ.get("KFP_DISABLE_EXECUTION_CACHING_BY_DEFAULT", "").lower() in ("1", "true", "yes", "y", "on", "t")
+        Pipeline._execution_caching_default = not off
+        func = kfp_cli.collect_pipeline_or_component_func(python_file=job["file"], function_name=job.get("function"))
+        compiler.Compiler().compile(pipeline_func=func, pipeline_parameters={}, package_path=job["output"], type_check=True)
+        result = {"ok": True}
+    except BaseException as e:
+        file, line = where(e, job)
+        if isinstance(e, SystemExit):
+            message = "the file called sys.exit(%r) while being imported" % (e.code,)
+        elif isinstance(e, SyntaxError):
+            message = "SyntaxError: %s" % (e.msg,)
+        else:
+            message = "%s: %s" % (type(e).__name__, e)
+        result = {"ok": False, "error": {"type": type(e).__name__, "message": message, "file": file, "line": line}}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    with open(job["result"], "w") as f:
+        json.dump(result, f)
+    os._exit(0)
+
+def outcome(job, status, started):
+    ms = round((time.monotonic() - started) * 1000, 1)
+    try:
+        with open(job["result"]) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        pass
+    if os.WIFSIGNALED(status):
+        why = "was killed by signal %d" % os.WTERMSIG(status)
+    else:
+        why = "exited with code %d" % os.WEXITSTATUS(status)
+    return {"ok": False, "ms": ms, "error": {"type": "Exited", "message": "the compile %s before it finished (os._exit or a crash in the file?)" % why, "file": job["file"], "line": None}}
+
+def main():
+    request = json.loads(sys.stdin.read() or "{}")
+    jobs, parallel, timeout = request.get("jobs", []), max(1, request.get("parallel", 1)), request.get("timeout", 120)
+    pending, running, parent = list(range(len(jobs))), {}, os.getppid()
+
+    def stop(*_):
+        for pid in running:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while pending or running:
+        while pending and len(running) < parallel:
+            index = pending.pop(0)
+            pid = os.fork()
+            if pid == 0:
+                compile_one(jobs[index])
+            running[pid] = (index, time.monotonic())
+        pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid:
+            index, started = running.pop(pid)
+            emit(event="done", index=index, **outcome(jobs[index], status, started))
+            continue
+        if os.getppid() != parent:
+            stop()  # kfp-sync is gone: leave nothing behind
+        now = time.monotonic()
+        for pid, (index, started) in list(running.items()):
+            if now - started > timeout:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                os.waitpid(pid, 0)
+                del running[pid]
+                emit(event="done", index=index, ok=False, ms=round((now - started) * 1000, 1), error={
+                    "type": "Timeout", "file": jobs[index]["file"], "line": None,
+                    "message": "compile did not finish in %g s and was stopped (an endless loop or a hang at import?)" % timeout})
+        time.sleep(0.005)
+
+main()
+`;
+
+interface DriverEvent {
+  event: "ready" | "fatal" | "done";
+  kfp?: string;
+  python?: string;
+  error?: string | { type: string; message: string; file: string; line: number | null };
+  index?: number;
+  ok?: boolean;
+  ms?: number;
+}
+
+/** Where a file's compiled YAML goes: its path mirrored under the out dir, `.py` → `.yaml`. */
+export function outputPathFor(file: PipelineFile, cwd: string, outDir: string): string {
+  const rel = path.relative(cwd, file.abs).split(path.sep).map((part) => (part === ".." ? "__" : part)).join(path.sep);
+  return path.join(outDir, rel.replace(/\.py$/, "") + ".yaml");
+}
+
+async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for await (const chunk of stream) {
+    buffered += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      yield buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+    }
+  }
+  if (buffered) yield buffered;
+}
+
+export interface CompileRun {
+  results: CompileResult[];
+  kfp?: { sdk: string; python: string };
+}
+
+/** Handle on the running compiler, so a signal can end it (and with it every child). */
+export const running = { driver: undefined as Bun.Subprocess | undefined };
+
+export async function compileAll(
+  files: PipelineFile[],
+  cfg: Pick<Config, "cwd" | "outDir" | "python" | "kfpVersion" | "jobs" | "timeoutSec">,
+  onResult: (result: CompileResult) => void = () => {},
+): Promise<CompileRun> {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-"));
+  const jobs = files.map((file, i) => ({
+    file: file.abs,
+    function: file.functionName,
+    output: outputPathFor(file, cfg.cwd, cfg.outDir),
+    result: path.join(work, `${i}.result.json`),
+    log: path.join(work, `${i}.log`),
+  }));
+  for (const job of jobs) {
+    fs.mkdirSync(path.dirname(job.output), { recursive: true });
+    fs.rmSync(job.output, { force: true }); // a failed compile must not leave last run's YAML behind
+  }
+
+  let driver: Bun.Subprocess<"pipe", "pipe", "pipe">;
+  try {
+    driver = Bun.spawn([cfg.python, "-c", COMPILE_DRIVER], { cwd: cfg.cwd, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  } catch (error) {
+    throw new UsageError(`cannot run Python "${cfg.python}": ${(error as Error).message}. Install Python 3 or point --python/KFP_SYNC_PYTHON at one`, { cause: error });
+  }
+  running.driver = driver;
+  const stderr = new Response(driver.stderr).text();
+  const results = new Map<number, CompileResult>();
+  let kfp: CompileRun["kfp"];
+  try {
+    for await (const line of lines(driver.stdout)) {
+      let event: DriverEvent;
+      try {
+        event = JSON.parse(line) as DriverEvent;
+      } catch {
+        continue; // not ours: the driver's own channel only carries events
+      }
+      if (event.event === "fatal") {
+        throw new UsageError(
+          `kfp is not importable with ${cfg.python} (${event.error}). Install it: ${cfg.python} -m pip install -r requirements.txt, or point --python/KFP_SYNC_PYTHON at a venv that has it`,
+        );
+      }
+      if (event.event === "ready") {
+        kfp = { sdk: event.kfp ?? "?", python: event.python ?? "?" };
+        if (cfg.kfpVersion && kfp.sdk !== cfg.kfpVersion) {
+          throw new UsageError(`${cfg.python} has kfp ${kfp.sdk}, but ${cfg.kfpVersion} is pinned: install the pinned one (pip install -r requirements.txt) or change --kfp-version/KFP_SYNC_KFP_VERSION`);
+        }
+        driver.stdin.write(JSON.stringify({ jobs, parallel: cfg.jobs, timeout: cfg.timeoutSec }));
+        await driver.stdin.end();
+        continue;
+      }
+      const index = event.index!;
+      const result = await resultOf(files[index]!, jobs[index]!, event);
+      results.set(index, result);
+      onResult(result);
+    }
+  } finally {
+    if (driver.exitCode === null) driver.kill("SIGTERM");
+    await driver.exited;
+    running.driver = undefined;
+  }
+  if (!kfp) {
+    const text = (await stderr).trim();
+    if (driver.exitCode === 127 || /No such file|not found/i.test(text)) {
+      throw new UsageError(`cannot run Python "${cfg.python}": install Python 3 or point --python/KFP_SYNC_PYTHON at one`);
+    }
+    throw new UsageError(`the Python compile driver (${cfg.python}) failed to start (exit ${driver.exitCode}): ${text.slice(-500)}`);
+  }
+  fs.rmSync(work, { recursive: true, force: true });
+  return {
+    kfp,
+    results: files.map(
+      (file, i) =>
+        results.get(i) ?? {
+          ok: false,
+          file,
+          ms: 0,
+          problem: { stage: "compile", file: file.path, message: "not compiled: the run was interrupted" },
+        },
+    ),
+  };
+}
+
+async function resultOf(file: PipelineFile, job: { output: string; log: string }, event: DriverEvent): Promise<CompileResult> {
+  const ms = event.ms ?? 0;
+  if (!event.ok) {
+    const e = typeof event.error === "object" ? event.error : { message: String(event.error), file: file.abs, line: null };
+    let message = e.message;
+    if (/exited with code|killed by signal/.test(message)) {
+      const tail = tailOf(job.log, 400);
+      if (tail) message += `; its last output: ${tail}`;
+    }
+    return { ok: false, file, ms, problem: { stage: "compile", file: displayPath(e.file, file), line: e.line ?? undefined, message } };
+  }
+  const yaml = await Bun.file(job.output).text();
+  const docs = YAML.parseAllDocuments(yaml);
+  const spec = docs[0]?.toJS() as { pipelineInfo?: { name?: string; description?: string } } | undefined;
+  const irName = spec?.pipelineInfo?.name;
+  if (!irName) {
+    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: "the compiled spec has no pipelineInfo.name (compiled with --kubernetes-manifest-format?)" } };
+  }
+  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.output, yaml };
+}
+
+function displayPath(reported: string, file: PipelineFile): string {
+  if (path.resolve(reported) === path.resolve(file.abs)) return file.path;
+  const rel = path.relative(path.dirname(file.abs), reported);
+  return rel.startsWith("..") ? reported : path.join(path.dirname(file.path), rel);
+}
+
+function tailOf(file: string, bytes: number): string {
+  try {
+    const fd = fs.openSync(file, "r");
+    const size = fs.fstatSync(fd).size;
+    const buf = Buffer.alloc(Math.min(bytes, size));
+    fs.readSync(fd, buf, 0, buf.length, size - buf.length);
+    fs.closeSync(fd);
+    return buf.toString("utf8").trim().replace(/\s+/g, " ");
+  } catch {
+    return "";
+  }
+}
+
+// ─── 3. Upload ───────────────────────────────────────────────────────────────────────────────────
+
+/** The v2beta1 objects kfp-sync reads (snake_case, as the server marshals them). */
+export interface KfpPipeline {
+  pipeline_id: string;
+  name?: string;
+  display_name?: string;
+  namespace?: string;
+}
+export interface KfpPipelineVersion {
+  pipeline_id: string;
+  pipeline_version_id: string;
+  name?: string;
+  display_name?: string;
+  description?: string;
+  pipeline_spec?: unknown;
+  created_at?: string;
+}
+interface KfpHealth {
+  commit_sha?: string;
+  tag_name?: string;
+  multi_user?: boolean;
+}
+
+/** A failed call to the KFP API, with the server's own message and what to do about it. */
+export class KfpError extends Error {
+  override name = "KfpError";
+  constructor(
+    message: string,
+    readonly status?: number,
+    /** The request was sent but no answer came back: it may or may not have taken effect. */
+    readonly answerLost = false,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+/** The server's message from either body shape: gateway `{code,message}`, upload `{error_message}`, or text. */
+export function serverMessage(data: unknown): string | undefined {
+  let body = data;
+  if (typeof data === "string") {
+    try {
+      body = JSON.parse(data);
+    } catch {
+      return data.trim().slice(0, 500) || undefined;
+    }
+  }
+  if (body && typeof body === "object") {
+    const b = body as Record<string, unknown>;
+    const message = b.message ?? b.error_message ?? b.error;
+    if (typeof message === "string" && message) return message.trim().slice(0, 500);
+  }
+  return undefined;
+}
+
+const STATUS_HINTS: Record<number, string> = {
+  400: "the server rejected the request as invalid",
+  401: "the server wants credentials: set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or KFP_COOKIE",
+  403: "the credentials lack access: check the namespace (--namespace/KFP_NAMESPACE) and your profile's RBAC",
+  404: "not found: check --host/KFP_HOST points at the ml-pipeline API, not the UI",
+  409: "it already exists on the server",
+  413: "the pipeline is larger than the server accepts (32 MiB)",
+  500: "the server failed: retry later, or read the ml-pipeline pod's log",
+  502: "a proxy in front of ml-pipeline failed: retry later",
+  503: "the server is unavailable: retry later",
+  504: "the server did not answer in time: retry later",
+};
+
+function toKfpError(error: unknown, what: string, host: string, timeoutMs: number): KfpError {
+  if (error instanceof KfpError) return error;
+  const fe = error as FetchError;
+  const status = fe.response?.status;
+  if (status) {
+    const detail = serverMessage(fe.data) ?? fe.response?.statusText ?? "";
+    const hint = STATUS_HINTS[status] ?? (status >= 500 ? STATUS_HINTS[500] : "");
+    return new KfpError(`${what}: HTTP ${status}${detail ? ` — ${detail}` : ""}${hint ? ` (${hint})` : ""}`, status, false, { cause: error });
+  }
+  const cause = (fe.cause ?? fe) as { code?: string; name?: string; message?: string };
+  const code = cause.code ?? cause.name ?? "";
+  const reason = /TimeoutError|ETIMEDOUT/.test(code)
+    ? `no answer within ${timeoutMs / 1000} s`
+    : /ECONNREFUSED|ConnectionRefused/.test(code)
+      ? `connection refused by ${host}: check --host/KFP_HOST and that the network lets this runner reach ml-pipeline`
+      : /ENOTFOUND|EAI_AGAIN|DNS/.test(code)
+        ? `cannot resolve ${new URL(host).hostname}: check --host/KFP_HOST`
+        : `network error (${code || cause.message || "connection lost"})`;
+  return new KfpError(`${what}: ${reason}`, undefined, true, { cause: error });
+}
+
+/** Read failures worth another try: the network, a stalled answer, a gateway, a mangled body. */
+function retryable(error: KfpError): boolean {
+  return error.status === undefined || error.status === 502 || error.status === 503 || error.status === 504;
+}
+
+export interface KfpApi {
+  read<T>(what: string, route: string, query?: Record<string, string | undefined>): Promise<T>;
+  write<T>(what: string, route: string, query: Record<string, string | undefined>, file: { name: string; text: string }): Promise<T>;
+}
+
+/**
+ * The one client for the KFP API: base URL, auth and timeout in one place. Reads retry with
+ * backoff; writes never retry (ofetch would retry a POST on 409/5xx): a write whose answer was
+ * lost is checked by a read before anything is sent again (see uploadOne).
+ */
+export function kfpClient(
+  cfg: Pick<Config, "host" | "auth" | "httpTimeoutMs" | "retries">,
+  log: { debug(msg: string): void; warn(msg: string): void },
+  sleep: (ms: number) => Promise<void> = Bun.sleep,
+): KfpApi {
+  const host = cfg.host!;
+  const $kfp: $Fetch = ofetch.create({
+    baseURL: `${host}/apis/v2beta1`,
+    headers: cfg.auth.header ? { [cfg.auth.header.name]: cfg.auth.header.value } : {},
+    retry: false,
+    onResponse: ({ request, response, options }) => log.debug(`${options.method ?? "GET"} ${String(request)} → ${response.status}`),
+  });
+  const clean = (query?: Record<string, string | undefined>) =>
+    Object.fromEntries(Object.entries(query ?? {}).filter(([, v]) => v !== undefined && v !== ""));
+
+  return {
+    async read<T>(what: string, route: string, query?: Record<string, string | undefined>): Promise<T> {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const data: unknown = await $kfp(route, { query: clean(query), signal: AbortSignal.timeout(cfg.httpTimeoutMs) });
+          // A body cut off mid-way parses as a string, not an object.
+          if (!data || typeof data !== "object") throw new KfpError(`${what}: the server sent a malformed answer`, undefined, true);
+          return data as T;
+        } catch (error) {
+          const failure = toKfpError(error, what, host, cfg.httpTimeoutMs);
+          if (!retryable(failure) || attempt >= cfg.retries) throw failure;
+          const delay = Math.min(8000, 250 * 2 ** attempt) * (0.75 + Math.random() * 0.5);
+          log.warn(`${failure.message}; retrying in ${(delay / 1000).toFixed(1)} s (${attempt + 1}/${cfg.retries})`);
+          await sleep(delay);
+        }
+      }
+    },
+    async write<T>(what: string, route: string, query: Record<string, string | undefined>, file: { name: string; text: string }): Promise<T> {
+      const form = new FormData();
+      form.append("uploadfile", new Blob([file.text], { type: "application/x-yaml" }), file.name);
+      try {
+        // Uploads are large and the server validates them: give them more time than a read.
+        return await $kfp<T>(route, { method: "POST", query: clean(query), body: form, signal: AbortSignal.timeout(cfg.httpTimeoutMs * 4) });
+      } catch (error) {
+        throw toKfpError(error, what, host, cfg.httpTimeoutMs * 4);
+      }
+    },
+  };
+}
+
+// Spec comparison. The server stores the spec re-marshalled through protobuf: keys reordered,
+// defaults dropped, and with a platform spec as {"pipeline_spec":…,"platform_spec":…}. So both
+// sides are brought to one canonical form before hashing; sdkVersion is dropped so that an SDK
+// patch bump alone is not a change.
+function canonical(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(canonical).filter((v) => v !== undefined);
+  if (value && typeof value === "object") {
+    const out: Record<string, unknown> = {};
+    for (const key of Object.keys(value).sort()) {
+      const v = canonical((value as Record<string, unknown>)[key]);
+      if (v !== undefined) out[key] = v;
+    }
+    return Object.keys(out).length > 0 ? out : undefined;
+  }
+  // proto3 does not marshal default scalars, so they carry no meaning in a comparison.
+  return value === null || value === false || value === 0 || value === "" ? undefined : value;
+}
+
+function fingerprintOf(pipelineSpec: unknown, platformSpec: unknown): string {
+  const spec = pipelineSpec && typeof pipelineSpec === "object" ? { ...(pipelineSpec as Record<string, unknown>) } : {};
+  delete spec.sdkVersion;
+  const json = JSON.stringify(canonical({ pipeline_spec: spec, platform_spec: platformSpec ?? null }) ?? null);
+  return createHash("sha256").update(json).digest("hex");
+}
+
+/** Fingerprint of a compiled YAML file (one or two documents). */
+export function specFingerprint(yamlText: string): string {
+  const docs = YAML.parseAllDocuments(yamlText).map((d) => d.toJS());
+  return fingerprintOf(docs[0], docs[1]);
+}
+
+/** Fingerprint of a version's pipeline_spec as the server returns it. */
+export function serverFingerprint(pipelineSpec: unknown): string {
+  const ps = pipelineSpec as Record<string, unknown> | undefined;
+  if (ps && typeof ps === "object" && "pipeline_spec" in ps && !("pipelineInfo" in ps)) return fingerprintOf(ps.pipeline_spec, ps.platform_spec);
+  return fingerprintOf(ps, undefined);
+}
+
+const FINGERPRINT_MARK = /kfp-sync spec sha256:([0-9a-f]{64})/;
+
+function sameSpec(version: KfpPipelineVersion, fingerprint: string): boolean {
+  const stored = FINGERPRINT_MARK.exec(version.description ?? "")?.[1];
+  if (stored === fingerprint) return true;
+  return version.pipeline_spec !== undefined && serverFingerprint(version.pipeline_spec) === fingerprint;
+}
+
+/** `document_ingestion_pipeline.py` → `document-ingestion-pipeline`. */
+export function nameFromFile(file: string): string {
+  return path
+    .basename(file, ".py")
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, "-")
+    .replace(/^-+|-+$/g, "");
+}
+
+/** Problems the server would reject, found before anything is sent. */
+export function checkUploadable(name: string, yaml: string, versionTag: string): string | undefined {
+  if (name.length > MAX_PIPELINE_NAME) return `pipeline name "${name}" is ${name.length} characters; the server allows ${MAX_PIPELINE_NAME}`;
+  if (!NAME_RULE.test(name)) return `pipeline name "${name}" breaks the server's name rule ${NAME_RULE.source}: use lowercase letters, digits and dashes`;
+  if (versionTag.length > MAX_VERSION_NAME) return `version name "${versionTag}" is longer than ${MAX_VERSION_NAME}`;
+  const bytes = Buffer.byteLength(yaml);
+  if (bytes > MAX_UPLOAD_BYTES) return `compiled spec is ${(bytes / 2 ** 20).toFixed(1)} MiB; the server accepts at most 32 MiB`;
+  return undefined;
+}
+
+export interface UploadContext {
+  api: KfpApi;
+  namespace?: string;
+  versionTag: string;
+  force: boolean;
+  dryRun: boolean;
+  uiUrl: string;
+  describe: (spec: CompiledSpec, fingerprint: string) => string;
+}
+
+type UploadPlan =
+  | { kind: "create" }
+  | { kind: "version"; pipeline: KfpPipeline }
+  | { kind: "unchanged"; pipeline: KfpPipeline; version: KfpPipelineVersion };
+
+async function findPipeline(ctx: UploadContext, name: string): Promise<KfpPipeline | undefined> {
+  try {
+    return await ctx.api.read<KfpPipeline>(`look up pipeline ${name}`, `/pipelines/names/${encodeURIComponent(name)}`, { namespace: ctx.namespace });
+  } catch (error) {
+    if (error instanceof KfpError && error.status === 404) return undefined;
+    throw error;
+  }
+}
+
+async function latestVersion(ctx: UploadContext, pipeline: KfpPipeline): Promise<KfpPipelineVersion | undefined> {
+  const page = await ctx.api.read<{ pipeline_versions?: KfpPipelineVersion[] }>(
+    `list versions of ${pipeline.name ?? pipeline.pipeline_id}`,
+    `/pipelines/${pipeline.pipeline_id}/versions`,
+    { page_size: "1", sort_by: "created_at desc" },
+  );
+  return page.pipeline_versions?.[0];
+}
+
+/** Decide with reads only: what a sync of this spec would do. The dry run stops here. */
+async function planUpload(ctx: UploadContext, name: string, fingerprint: string): Promise<UploadPlan> {
+  const pipeline = await findPipeline(ctx, name);
+  if (!pipeline) return { kind: "create" };
+  const latest = await latestVersion(ctx, pipeline);
+  if (latest && !ctx.force && sameSpec(latest, fingerprint)) return { kind: "unchanged", pipeline, version: latest };
+  return { kind: "version", pipeline };
+}
+
+function linkTo(ctx: UploadContext, pipelineId?: string, versionId?: string): string | undefined {
+  if (!pipelineId) return undefined;
+  return versionId ? `${ctx.uiUrl}/#/pipelines/details/${pipelineId}/version/${versionId}` : `${ctx.uiUrl}/#/pipelines/details/${pipelineId}`;
+}
+
+/** Create, version or leave alone one compiled pipeline. Never deletes or overwrites. */
+export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: string): Promise<UploadOutcome> {
+  const done = (action: UploadAction, pipeline?: KfpPipeline, version?: KfpPipelineVersion): UploadOutcome => ({
+    action,
+    pipelineName: name,
+    pipelineId: pipeline?.pipeline_id ?? version?.pipeline_id,
+    versionId: version?.pipeline_version_id,
+    versionName: version?.name ?? version?.display_name,
+    url: linkTo(ctx, pipeline?.pipeline_id ?? version?.pipeline_id, version?.pipeline_version_id),
+  });
+  const fingerprint = specFingerprint(spec.yaml);
+  const file = { name: `${name}.yaml`, text: spec.yaml };
+  const description = ctx.describe(spec, fingerprint);
+
+  let plan = await planUpload(ctx, name, fingerprint);
+  if (ctx.dryRun) {
+    if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), plan: "unchanged" };
+    const pipelineId = plan.kind === "version" ? plan.pipeline.pipeline_id : undefined;
+    return { pipelineName: name, pipelineId, url: linkTo(ctx, pipelineId), plan: plan.kind === "create" ? "would create" : "would add version" };
+  }
+
+  if (plan.kind === "create") {
+    const query = { name, display_name: name, description: spec.description ?? description, namespace: ctx.namespace };
+    try {
+      const created = await ctx.api.write<KfpPipeline>(`create pipeline ${name}`, "/pipelines/upload", query, file);
+      return done("created", created, await latestVersion(ctx, created).catch(() => undefined));
+    } catch (error) {
+      if (!(error instanceof KfpError) || !(error.status === 409 || error.answerLost)) throw error;
+      // 409: another sync created it first. Lost answer: it may exist now. Either way, read again.
+      const pipeline = await findPipeline(ctx, name);
+      if (!pipeline) {
+        if (error.status === 409) throw error;
+        const created = await ctx.api.write<KfpPipeline>(`create pipeline ${name} (second try)`, "/pipelines/upload", query, file);
+        return done("created", created, await latestVersion(ctx, created).catch(() => undefined));
+      }
+      const latest = await latestVersion(ctx, pipeline);
+      if (latest && sameSpec(latest, fingerprint)) return done(error.answerLost ? "created" : "unchanged", pipeline, latest);
+      plan = { kind: "version", pipeline };
+    }
+  }
+  if (plan.kind === "unchanged") return done("unchanged", plan.pipeline, plan.version);
+
+  const pipeline = plan.pipeline;
+  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description };
+  const what = `add version ${ctx.versionTag} to ${name}`;
+  try {
+    return done("versioned", pipeline, await ctx.api.write<KfpPipelineVersion>(what, "/pipelines/upload_version", query, file));
+  } catch (error) {
+    if (!(error instanceof KfpError) || !(error.status === 409 || error.answerLost)) throw error;
+    const latest = await latestVersion(ctx, pipeline);
+    if (latest && sameSpec(latest, fingerprint)) {
+      // Ours arrived (lost answer) or a concurrent sync uploaded the same spec first (409).
+      return done(latest.name === ctx.versionTag && error.answerLost ? "versioned" : "unchanged", pipeline, latest);
+    }
+    if (error.status === 409) {
+      throw new KfpError(
+        `${what}: a different version named ${ctx.versionTag} already exists (another sync with the same tag?); nothing was overwritten — rerun, or pass another --version-tag`,
+        409,
+      );
+    }
+    return done("versioned", pipeline, await ctx.api.write<KfpPipelineVersion>(`${what} (second try)`, "/pipelines/upload_version", query, file));
+  }
+}
+
+export interface ServerInfo {
+  version?: string;
+  multiUser?: boolean;
+}
+
+/** healthz: who is on the other end, and whether it needs a namespace. */
+export async function preflight(api: KfpApi, namespace: string | undefined): Promise<ServerInfo> {
+  const health = await api.read<KfpHealth>("reach the KFP API (healthz)", "/healthz");
+  const info = { version: health.tag_name || undefined, multiUser: health.multi_user === true };
+  if (info.multiUser && !namespace) {
+    throw new UsageError("the KFP server runs in multi-user mode: set --namespace/KFP_NAMESPACE to your profile's namespace");
+  }
+  return info;
+}
+
+/** Is version a older than b? Compares the numeric parts; unknown versions never warn. */
+export function olderThan(a: string | undefined, b: string | undefined): boolean {
+  const parse = (v?: string) => /(\d+)\.(\d+)\.(\d+)/.exec(v ?? "")?.slice(1).map(Number);
+  const x = parse(a);
+  const y = parse(b);
+  if (!x || !y) return false;
+  for (let i = 0; i < 3; i++) if (x[i] !== y[i]) return x[i]! < y[i]!;
+  return false;
+}
+
+/** Upload every compiled spec, a few at a time; one pipeline's failure never stops the others. */
+export async function uploadAll(
+  ctx: UploadContext,
+  specs: { spec: CompiledSpec; name: string }[],
+  concurrency: number,
+  onOutcome: (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => void,
+  stopped: () => boolean,
+): Promise<void> {
+  const queue = [...specs];
+  const worker = async () => {
+    for (let item = queue.shift(); item; item = queue.shift()) {
+      const started = performance.now();
+      let outcome: UploadOutcome;
+      const localProblem = checkUploadable(item.name, item.spec.yaml, ctx.versionTag);
+      if (stopped()) {
+        outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: "not uploaded: the run was interrupted" } };
+      } else if (localProblem) {
+        outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: localProblem } };
+      } else {
+        try {
+          outcome = await uploadOne(ctx, item.spec, item.name);
+        } catch (error) {
+          const message = error instanceof Error ? error.message : String(error);
+          outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message } };
+        }
+      }
+      onOutcome(item.spec, outcome, performance.now() - started);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, specs.length)) }, worker));
+}
+
+// ─── 4. Notify ───────────────────────────────────────────────────────────────────────────────────
+
+/** What ntfy's JSON publish API takes (https://docs.ntfy.sh/publish/#publish-as-json). */
+export interface Notification {
+  topic: string;
+  title: string;
+  message: string;
+  priority: number;
+  tags: string[];
+  click?: string;
+  actions?: { action: "view"; label: string; url: string }[];
+}
+
+/** Split a topic URL into the server root (where JSON is published) and the topic. */
+export function ntfyTarget(topicUrl: string): { root: string; topic: string } {
+  const url = new URL(topicUrl);
+  const parts = url.pathname.split("/").filter(Boolean);
+  const topic = parts.pop() ?? "";
+  if (!/^[-_A-Za-z0-9]{1,64}$/.test(topic)) {
+    throw new UsageError(`--ntfy-url/NTFY_URL must end with a topic name (letters, digits, - and _), got "${topicUrl}"`);
+  }
+  url.pathname = parts.length > 0 ? `/${parts.join("/")}/` : "/";
+  url.search = "";
+  return { root: url.toString(), topic };
+}
+
+/** Keep a list within a byte budget, ending with "and N more" when it had to cut. */
+export function fitList(items: string[], budget: number): string {
+  const out: string[] = [];
+  for (let i = 0; i < items.length; i++) {
+    const rest = items.length - i - 1;
+    const candidate = [...out, items[i]!].join(", ");
+    const more = rest > 0 ? ` and ${rest} more` : "";
+    if (Buffer.byteLength(candidate + more) > budget) {
+      return out.length > 0 ? `${out.join(", ")} and ${items.length - out.length} more` : `${items.length} pipelines`;
+    }
+    out.push(items[i]!);
+  }
+  return out.join(", ");
+}
+
+export function buildNotification(summary: Summary, topic: string, repository?: string, uiUrl?: string): Notification {
+  const c = summary.counts;
+  const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => p.name ?? p.file);
+  const what = repository ? `${repository}: ` : "";
+  const title =
+    c.failed === 0
+      ? `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
+      : c.failed === c.found
+        ? `${what}kfp-sync failed: all ${c.failed} pipelines`
+        : `${what}kfp-sync: ${c.failed} of ${c.found} pipelines failed`;
+  const head = [
+    `compiled ${c.compiled} · uploaded ${c.uploaded} (created ${c.created}, versioned ${c.versioned}) · unchanged ${c.unchanged} · failed ${c.failed}`,
+    `version ${summary.versionTag}${summary.commit ? ` · commit ${summary.commit.slice(0, 8)}` : ""}`,
+  ];
+  const tail = [summary.runUrl ? `run: ${summary.runUrl}` : "", uiUrl ? `kubeflow: ${uiUrl}/#/pipelines` : ""].filter(Boolean);
+  const fixed = Buffer.byteLength([...head, ...tail].join("\n")) + 16;
+  const failedLine = failedNames.length > 0 ? [`failed: ${fitList(failedNames, NTFY_MAX_MESSAGE_BYTES - fixed)}`] : [];
+  const actions: Notification["actions"] = [];
+  if (summary.runUrl) actions.push({ action: "view", label: "CI run", url: summary.runUrl });
+  if (uiUrl) actions.push({ action: "view", label: "Kubeflow", url: `${uiUrl}/#/pipelines` });
+  return {
+    topic,
+    title,
+    message: [...head, ...failedLine, ...tail].join("\n"),
+    priority: c.failed > 0 ? 4 : 3,
+    tags: c.failed > 0 ? ["warning", "kubeflow"] : ["white_check_mark", "kubeflow"],
+    click: summary.runUrl,
+    actions: actions.length > 0 ? actions : undefined,
+  };
+}
+
+/** Publish, best effort. ntfy sends no Retry-After on 429, so back off on our own. */
+export async function publish(
+  ntfy: NonNullable<Config["ntfy"]>,
+  note: Notification,
+  timeoutMs: number,
+  sleep: (ms: number) => Promise<void> = Bun.sleep,
+): Promise<void> {
+  const { root } = ntfyTarget(ntfy.url);
+  const auth = ntfy.token
+    ? ntfy.token.includes(":") && !ntfy.token.startsWith("tk_")
+      ? `Basic ${Buffer.from(ntfy.token).toString("base64")}`
+      : `Bearer ${ntfy.token}`
+    : undefined;
+  const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await $ntfy(root, { method: "POST", body: note, signal: AbortSignal.timeout(timeoutMs) });
+      return;
+    } catch (error) {
+      const fe = error as FetchError;
+      const status = fe.response?.status;
+      if (status === 429 && attempt < 3) {
+        await sleep(1000 * 2 ** attempt);
+        continue;
+      }
+      const detail = serverMessage(fe.data);
+      const hint =
+        status === 401 || status === 403
+          ? "check NTFY_TOKEN (a tk_ token or user:password) and that it may write to the topic"
+          : status === 429
+            ? "ntfy rate-limited this runner; it gave up after 3 tries"
+            : status
+              ? ""
+              : `cannot reach ${new URL(root).host}`;
+      throw new Error(`notification not sent: ${status ? `HTTP ${status}` : (fe.cause as Error)?.message ?? fe.message}${detail ? ` — ${detail}` : ""}${hint ? ` (${hint})` : ""}`, { cause: error });
+    }
+  }
+}
+
+// ─── 5. Report ───────────────────────────────────────────────────────────────────────────────────
+
+export function countsOf(pipelines: PipelineReport[], dryRun: boolean): Summary["counts"] {
+  const n = (f: (p: PipelineReport) => boolean) => pipelines.filter(f).length;
+  const created = n((p) => p.action === "created");
+  const versioned = n((p) => p.action === "versioned");
+  return {
+    found: pipelines.length,
+    compiled: n((p) => p.status === "compiled"),
+    uploaded: dryRun ? 0 : created + versioned,
+    created,
+    versioned,
+    unchanged: n((p) => p.action === "unchanged"),
+    failed: n((p) => p.status === "failed" || p.action === "failed"),
+  };
+}
+
+/** A multi-line-safe `name<<DELIMITER` block for GITHUB_OUTPUT, as the runner reads it. */
+function outputEntry(name: string, value: string): string {
+  if (!value.includes("\n")) return `${name}=${value}\n`;
+  const delimiter = `ghadelimiter_${crypto.randomUUID()}`;
+  return `${name}<<${delimiter}\n${value}\n${delimiter}\n`;
+}
+
+export function actionsOutputs(summary: Summary): string {
+  const failed = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => p.name ?? p.file);
+  return [
+    outputEntry("compiled", String(summary.counts.compiled)),
+    outputEntry("uploaded", String(summary.counts.uploaded)),
+    outputEntry("unchanged", String(summary.counts.unchanged)),
+    outputEntry("failed", String(summary.counts.failed)),
+    outputEntry("version", summary.versionTag),
+    outputEntry("failed_pipelines", failed.join("\n")),
+    outputEntry("summary_json", JSON.stringify(summary, null, 2)),
+  ].join("");
+}
+
+function cell(text: string | undefined): string {
+  return (text ?? "").replaceAll("|", "\\|").replaceAll("\n", " ");
+}
+
+export function stepSummary(summary: Summary): string {
+  const c = summary.counts;
+  const rows = summary.pipelines.map((p) => {
+    const result = p.status === "failed" ? "❌ compile failed" : p.action === "failed" ? "❌ upload failed" : p.plan ?? p.action ?? "compiled";
+    const version = p.url ? `[${p.versionName ?? "open"}](${p.url})` : (p.versionName ?? "");
+    const error = p.error ? `${p.error.line ? `line ${p.error.line}: ` : ""}${p.error.message}` : "";
+    return `| ${cell(p.name ?? "")} | \`${cell(p.file)}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
+  });
+  return [
+    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
+    "",
+    `Version tag \`${summary.versionTag}\`${summary.commit ? ` · commit \`${summary.commit.slice(0, 8)}\`` : ""}${summary.server?.host ? ` · server ${summary.server.host}${summary.server.version ? ` (${summary.server.version})` : ""}` : ""}`,
+    "",
+    "| pipeline | file | result | version | error |",
+    "|---|---|---|---|---|",
+    ...rows,
+    "",
+  ].join("\n");
+}
+
+/** `::error file=…,line=…::` — GitHub renders these; Gitea and Forgejo print them raw. */
+export function annotations(summary: Summary): string[] {
+  const escape = (s: string) => s.replaceAll("%", "%25").replaceAll("\r", "%0D").replaceAll("\n", "%0A");
+  const prop = (s: string) => escape(s).replaceAll(":", "%3A").replaceAll(",", "%2C");
+  return summary.pipelines
+    .filter((p) => p.error)
+    .map((p) => `::error file=${prop(p.error!.file ?? p.file)}${p.error!.line ? `,line=${p.error!.line}` : ""},title=${prop(`kfp-sync ${p.error!.stage}`)}::${escape(p.error!.message)}`);
+}
+
+/** Write the Actions outputs and step summary where the runner provides them. */
+export function writeActionsFiles(summary: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void }): void {
+  const outputFile = env.GITHUB_OUTPUT || env.GITEA_OUTPUT;
+  const summaryFile = env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY;
+  const append = (file: string, text: string, what: string) => {
+    try {
+      fs.appendFileSync(file, scrub(text, secrets), "utf8");
+    } catch (error) {
+      log.warn(`cannot write ${what} to ${file}: ${(error as Error).message}`);
+    }
+  };
+  if (outputFile) append(outputFile, actionsOutputs(summary), "step outputs");
+  if (summaryFile) append(summaryFile, stepSummary(summary), "the step summary");
+}
+
+// ─── Main ────────────────────────────────────────────────────────────────────────────────────────
+
+type Log = ReturnType<typeof createLog>;
+
+function createLog(verbose: boolean, secrets: () => string[]) {
+  const icons: Record<string, string> = { error: "✖", fatal: "✖", warn: "⚠", success: "✔", info: "ℹ", start: "◐", ready: "✔", debug: "⚙", log: "" };
+  const reporter: ConsolaReporter = {
+    log(entry) {
+      const text = entry.args.map((a) => (a instanceof Error ? (verbose ? (a.stack ?? a.message) : a.message) : String(a))).join(" ");
+      const icon = icons[entry.type] ?? "";
+      process.stderr.write(scrub(`${icon ? `${icon} ` : ""}${text}\n`, secrets()));
+    },
+  };
+  return createConsola({ level: verbose ? 4 : 3, reporters: [reporter] });
+}
+
+export interface RunState {
+  stopped: boolean;
+  signal?: "SIGINT" | "SIGTERM";
+}
+
+/** The whole job: find → compile → upload → notify. Returns the summary; never throws for one pipeline's failure. */
+export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Promise<Summary> {
+  const started = performance.now();
+  const reports = new Map<string, PipelineReport>();
+
+  // 1. Find
+  const found = discover(cfg);
+  for (const p of found.problems) log.error(`${p.file}: ${p.message}`);
+  log.info(`found ${found.files.length} pipeline file${found.files.length === 1 ? "" : "s"}${found.problems.length ? `, ${found.problems.length} unreadable` : ""}`);
+  for (const p of found.problems) reports.set(p.file!, { file: p.file!, status: "failed", error: p, timings: {} });
+
+  // 2. Compile
+  const compiled = await compileAll(found.files, cfg, (r) => {
+    if (r.ok) log.success(`${r.file.path} → ${r.irName} (${Math.round(r.ms)} ms)`);
+    else log.error(`${r.problem.file}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.problem.message}`);
+  });
+  for (const r of compiled.results) {
+    reports.set(
+      r.file.path,
+      r.ok
+        ? { file: r.file.path, name: r.irName, output: path.relative(cfg.cwd, r.output) || r.output, status: "compiled", timings: { compileMs: r.ms } }
+        : { file: r.file.path, status: "failed", error: r.problem, timings: { compileMs: r.ms } },
+    );
+  }
+
+  // 3. Upload
+  let server: Summary["server"];
+  const specs = compiled.results.filter((r): r is Extract<CompileResult, { ok: true }> => r.ok);
+  if (cfg.host && specs.length > 0 && !state.stopped) {
+    const api = kfpClient(cfg, log);
+    server = { host: cfg.host };
+    try {
+      Object.assign(server, await preflight(api, cfg.namespace));
+      log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? "multi-user" : "single-user"}`);
+      if (olderThan(server.version, compiled.kfp?.sdk)) {
+        log.warn(`the server (${server.version}) is older than the kfp SDK that compiled (${compiled.kfp?.sdk}); it may reject newer IR (kubeflow/pipelines#8682)`);
+      }
+      const ctx: UploadContext = {
+        api,
+        namespace: cfg.namespace,
+        versionTag: cfg.versionTag,
+        force: cfg.force,
+        dryRun: cfg.dryRun,
+        uiUrl: cfg.uiUrl ?? cfg.host,
+        describe: (spec, fingerprint) =>
+          [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${fingerprint}`]
+            .filter(Boolean)
+            .join(" · "),
+      };
+      const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? nameFromFile(spec.file.path) : spec.irName }));
+      await uploadAll(ctx, named, 4, (spec, outcome, ms) => {
+        const report = reports.get(spec.file.path)!;
+        Object.assign(report, {
+          name: outcome.pipelineName,
+          action: outcome.action,
+          plan: outcome.plan,
+          pipelineId: outcome.pipelineId,
+          versionId: outcome.versionId,
+          versionName: outcome.versionName,
+          url: outcome.url,
+          error: outcome.problem,
+        });
+        report.timings.uploadMs = Math.round(ms);
+        if (outcome.problem) log.error(`${outcome.pipelineName}: ${outcome.problem.message}`);
+        else log.success(`${outcome.pipelineName}: ${outcome.plan ?? outcome.action}${outcome.versionName ? ` (${outcome.versionName})` : ""}`);
+      }, () => state.stopped);
+    } catch (error) {
+      if (error instanceof UsageError) throw error;
+      // The server is unreachable or refuses us: every pipeline fails the same way, say it once.
+      const message = (error as Error).message;
+      log.error(message);
+      for (const spec of specs) {
+        Object.assign(reports.get(spec.file.path)!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
+      }
+    }
+  } else if (!cfg.host && specs.length > 0) {
+    log.info("dry run without --host/KFP_HOST: nothing was compared with a server");
+  }
+
+  const pipelines = [...reports.values()].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
+  const summary: Summary = {
+    schemaVersion: SUMMARY_SCHEMA_VERSION,
+    tool: { name: "kfp-sync", version: VERSION },
+    kfp: compiled.kfp,
+    server,
+    dryRun: cfg.dryRun,
+    versionTag: cfg.versionTag,
+    commit: cfg.commit,
+    runUrl: cfg.runUrl,
+    counts: countsOf(pipelines, cfg.dryRun),
+    pipelines,
+    problems: pipelines.flatMap((p) => (p.error ? [p.error] : [])),
+    interrupted: state.signal,
+    durationMs: 0,
+  };
+
+  // 4. Notify
+  if (cfg.ntfy) {
+    const note = buildNotification(summary, ntfyTarget(cfg.ntfy.url).topic, env.GITHUB_REPOSITORY, server ? cfg.uiUrl : undefined);
+    if (cfg.dryRun) {
+      log.info(`dry run: would notify ${cfg.ntfy.url}:\n${JSON.stringify(note, null, 2)}`);
+    } else {
+      try {
+        await publish(cfg.ntfy, note, cfg.httpTimeoutMs);
+        log.success(`notified ${cfg.ntfy.url}`);
+      } catch (error) {
+        const problem: Problem = { stage: "notify", message: (error as Error).message, hint: cfg.ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
+        summary.problems.push(problem);
+        if (cfg.ntfy.required) log.error(problem.message);
+        else log.warn(`${problem.message} — the sync itself is unaffected`);
+      }
+    }
+  }
+  summary.durationMs = Math.round(performance.now() - started);
+  return summary;
+}
+
+/** 0 all good, 1 something failed, 2 usage (raised before), 130/143 interrupted. */
+export function exitCodeOf(summary: Summary, ntfyRequired: boolean): number {
+  if (summary.interrupted) return summary.interrupted === "SIGINT" ? 130 : 143;
+  if (summary.counts.failed > 0) return 1;
+  if (ntfyRequired && summary.problems.some((p) => p.stage === "notify")) return 1;
+  return 0;
+}
+
+const command = defineCommand({
+  meta: { name: "kfp-sync", version: VERSION, description: "Find, compile and upload Kubeflow Pipelines in one step" },
+  args,
+  async run({ args: parsed, rawArgs }) {
+    const env = process.env as Env;
+    const cfg = resolveConfig(parsed, rawArgs, env, process.cwd(), new Date());
+    const secrets = cfg.secrets;
+    const log = createLog(cfg.verbose, () => secrets);
+
+    const state: RunState = { stopped: false };
+    const onSignal = (signal: "SIGINT" | "SIGTERM") => {
+      if (state.stopped) process.exit(signal === "SIGINT" ? 130 : 143);
+      log.warn(`${signal}: stopping; finishing what is in flight, then reporting`);
+      state.stopped = true;
+      state.signal = signal;
+      running.driver?.kill("SIGTERM");
+    };
+    process.on("SIGINT", () => onSignal("SIGINT"));
+    process.on("SIGTERM", () => onSignal("SIGTERM"));
+
+    const summary = await sync(cfg, log, env, state);
+
+    // 5. Report: JSON on stdout, Actions files where the runner gives them, annotations on GitHub.
+    process.stdout.write(scrub(JSON.stringify(summary, null, 2), secrets) + "\n");
+    writeActionsFiles(summary, env, secrets, log);
+    if (env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY) log.log(stepSummary(summary)); // Gitea < 1.27 ignores the file
+    const onGitHub = truthy(env.GITHUB_ACTIONS) && !truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS);
+    if (onGitHub) for (const line of annotations(summary)) process.stderr.write(scrub(line, secrets) + "\n");
+    const c = summary.counts;
+    const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed · ${(summary.durationMs / 1000).toFixed(1)} s`;
+    if (c.failed > 0) log.error(line);
+    else log.success(line);
+    process.exitCode = exitCodeOf(summary, cfg.ntfy?.required ?? false);
+  },
+});
+
+export async function main(rawArgs: string[]): Promise<number> {
+  if (rawArgs.includes("--version")) {
+    process.stdout.write(`${VERSION}\n`);
+    return 0;
+  }
+  if (rawArgs.includes("--help") || rawArgs.includes("-h")) {
+    process.stdout.write(`${await renderUsage(command)}\n`);
+    return 0;
+  }
+  const unknown = unknownFlags(rawArgs, args);
+  if (unknown.length > 0) {
+    process.stderr.write(`✖ unknown option${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")}: see kfp-sync --help\n`);
+    return 2;
+  }
+  try {
+    await runCommand(command, { rawArgs });
+    return Number(process.exitCode ?? 0);
+  } catch (error) {
+    const usage = error instanceof UsageError || (error as Error).name === "CLIError";
+    const secrets = [process.env.KFP_TOKEN, process.env.KFP_COOKIE, process.env.NTFY_TOKEN, ...repeatedFlag(rawArgs, "token"), ...repeatedFlag(rawArgs, "ntfy-token")].filter((s): s is string => !!s && s.length >= 4);
+    const verbose = rawArgs.includes("--verbose");
+    const text = verbose ? ((error as Error).stack ?? String(error)) : (error as Error).message;
+    process.stderr.write(scrub(`✖ ${text}\n`, secrets));
+    return usage ? 2 : 1;
+  }
+}
+
+if (import.meta.main) {
+  process.exitCode = await main(process.argv.slice(2));
+}
