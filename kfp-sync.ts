@@ -420,6 +420,17 @@ export function scrub(text: string, secrets: string[]): string {
 // Never worth searching, and searching them is slow: tool caches, environments, our own output.
 const SKIPPED_DIRS = new Set([".git", "node_modules", ".venv", "venv", "__pycache__", ".kfp-sync", ".tox", ".mypy_cache"]);
 
+/** A file can name its own pipeline, so CI needs no per-file flag: `# kfp-sync: function=outer`. */
+const FUNCTION_MARKER = /^#\s*kfp-sync:\s*function\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\s*$/m;
+
+function functionMarker(file: string): string | undefined {
+  try {
+    return FUNCTION_MARKER.exec(fs.readFileSync(file, "latin1"))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
 export interface Discovery {
   files: PipelineFile[];
   problems: Problem[];
@@ -452,7 +463,7 @@ export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "exclu
       return;
     }
     if (found.has(real)) return;
-    found.set(real, { path: display(abs), abs, functionName: cfg.functions.get(abs) ?? cfg.functions.get(real) });
+    found.set(real, { path: display(abs), abs, functionName: cfg.functions.get(abs) ?? cfg.functions.get(real) ?? functionMarker(real) });
   };
 
   const walk = (dir: string, depth: number, seen: Set<string>) => {
@@ -540,6 +551,12 @@ except BaseException as e:
     sys.exit(3)
 
 emit(event="ready", kfp=kfp.__version__, python=sys.version.split()[0])
+
+# Warm what every compile would otherwise import on its own, then keep the garbage collector off
+# the inherited objects so forked children share the parent's pages instead of copying them.
+import gc
+import google.protobuf.descriptor_pb2  # noqa: F401  (imported lazily by the first compile)
+gc.freeze()
 
 # Frames in these folders are Python's or kfp's, not the user's: an error points at the user's line.
 LIBRARY_DIRS = tuple(os.path.join(os.path.realpath(p), "") for p in {
@@ -769,7 +786,7 @@ async function resultOf(file: PipelineFile, job: { output: string; log: string }
   const ms = event.ms ?? 0;
   if (!event.ok) {
     const e = typeof event.error === "object" ? event.error : { message: String(event.error), file: file.abs, line: null };
-    let message = e.message;
+    let message = e.message.replace(/\s*\n\s*/g, " ").trim(); // one line: CI logs and notifications
     if (/exited with code|killed by signal/.test(message)) {
       const tail = tailOf(job.log, 400);
       if (tail) message += `; its last output: ${tail}`;
