@@ -791,6 +791,11 @@ async function resultOf(file: PipelineFile, job: { output: string; log: string }
       const tail = tailOf(job.log, 400);
       if (tail) message += `; its last output: ${tail}`;
     }
+    const encoding = notUtf8(file.abs);
+    if (encoding) {
+      // Python may import such a file and then fail far away ("could not get source code").
+      return { ok: false, file, ms, problem: { stage: "compile", file: file.path, line: encoding.line, message: `${message} — the file is not valid UTF-8 (byte 0x${encoding.byte} on line ${encoding.line}): save it as UTF-8` } };
+    }
     return { ok: false, file, ms, problem: { stage: "compile", file: displayPath(e.file, file), line: e.line ?? undefined, message } };
   }
   const yaml = await Bun.file(job.output).text();
@@ -801,6 +806,19 @@ async function resultOf(file: PipelineFile, job: { output: string; log: string }
     return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: "the compiled spec has no pipelineInfo.name (compiled with --kubernetes-manifest-format?)" } };
   }
   return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.output, yaml };
+}
+
+function notUtf8(file: string): { line: number; byte: string } | undefined {
+  const bytes = fs.readFileSync(file);
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return undefined;
+  } catch {
+    const text = bytes.toString("utf8");
+    const at = text.indexOf("\uFFFD");
+    const offset = Buffer.byteLength(text.slice(0, at));
+    return { line: text.slice(0, at).split("\n").length, byte: (bytes[offset] ?? 0).toString(16).toUpperCase().padStart(2, "0") };
+  }
 }
 
 function displayPath(reported: string, file: PipelineFile): string {

@@ -78,7 +78,7 @@ describe("compile: bad files are reported per file, the rest still compiles", ()
     "infinite_loop_pipeline.py": [undefined, "did not finish in 8 s"],
     "bad_name_long_pipeline.py": [13, "Invalid pipeline name"],
     "empty_pipeline.py": [undefined, "Expected one pipeline or one component in module"],
-    "non_utf8_pipeline.py": [2, "SyntaxError: Non-UTF-8 code"],
+    "non_utf8_pipeline.py": [2, "not valid UTF-8 (byte 0xE9 on line 2)"],
   };
   const compiles = ["loud_pipeline.py", "bad_name_pipeline.py", "huge_pipeline.py"];
 
