@@ -534,6 +534,7 @@ import json, os, signal, site, sys, sysconfig, time, traceback
 
 if sys.path and sys.path[0] == "":
     del sys.path[0]  # python -c puts the working directory first; kfp dsl compile does not
+sys.dont_write_bytecode = True  # leave no __pycache__ in the user's checkout
 
 events = os.fdopen(os.dup(1), "w", buffering=1)
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)

@@ -9,9 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 say() { printf '• %s\n' "$*" >&2; }
 
-if ! cmp -s package-lock.json node_modules/.package-lock.json 2>/dev/null; then
+if ! cmp -s package-lock.json node_modules/.kfp-sync-installed 2>/dev/null; then
   say "installing Bun and dependencies (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error >&2
+  cp package-lock.json node_modules/.kfp-sync-installed
 fi
 
 PYTHON=${PYTHON:-python3}
