@@ -223,9 +223,9 @@ function validatePipelineName(name: string): void {
   }
 }
 
-function checkLength(column: keyof typeof MAX_LENGTH, value: string): UserError | undefined {
+function checkLength(column: keyof typeof MAX_LENGTH, value: string): void {
   const max = MAX_LENGTH[column];
-  return value.length > max ? invalidInput(`${column} length cannot exceed ${max}`) : undefined;
+  if (value.length > max) throw invalidInput(`${column} length cannot exceed ${max}`);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -397,7 +397,33 @@ const apiVersion = (v: VersionRow): PipelineVersion => omitEmpty({
 // ---------------------------------------------------------------------------------------------------------
 // The server
 
+type NewPipeline = Omit<PipelineRow, "id" | "createdMs">;
+type NewVersion = Omit<VersionRow, "id" | "createdMs" | "pipelineId" | "spec">;
+type GatewayHandler = (req: Request, q: URLSearchParams, params: string[], record: RecordedRequest) => unknown;
 interface Fault { route: RegExp; status: number; remaining: number; body?: string }
+
+/** Thrown to answer a request with a finished response (the upload routes' several error shapes). */
+class Reply {
+  constructor(readonly response: Response) {}
+}
+
+/** Runs `fn`, prefixing any KFP error it raises with `context` the way util.Wrapf builds the message chain. */
+function within<T>(context: string, fn: () => T): T {
+  try {
+    const result = fn();
+    if (result instanceof Promise) return result.catch((e) => Promise.reject(wrapped(e, context))) as T;
+    return result;
+  } catch (e) {
+    throw wrapped(e, context);
+  }
+}
+const wrapped = (e: unknown, context: string) => (e instanceof UserError && !e.bare ? e.wrap(context) : e);
+
+/** package_url.pipeline_url of a JSON request body, in either JSON naming. */
+const packageUrl = (o: Json): string => {
+  const url = field(o, "packageUrl", "package_url");
+  return isObject(url) ? String(field(url, "pipelineUrl", "pipeline_url") ?? "") : "";
+};
 
 export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpServer> {
   const multiUser = opts.multiUser ?? false;
@@ -407,9 +433,8 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
   const requests: RecordedRequest[] = [];
   let faults: Fault[] = [];
   let lastMs = 0;
-  const nextCreatedMs = () => (lastMs = Math.max(Date.now(), lastMs + 1));
 
-  // resource_manager.go ReplaceNamespace + validation/namespace.go ValidateNamespaceRequired
+  // resource_manager.go ReplaceNamespace, validation/namespace.go ValidateNamespaceRequired
   const resolveNamespace = (namespace: string): string => {
     const ns = multiUser ? namespace : "";
     if (requireNamespace && ns === "") throw invalidInput("Namespace is required for pipeline operations");
@@ -428,164 +453,148 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     return row;
   };
 
-  // storage/pipeline_store.go: (Namespace, Name) is unique for pipelines, (PipelineId, Name) for versions.
-  const insertPipeline = (p: Omit<PipelineRow, "id" | "createdMs">): PipelineRow => {
-    const taken = [...pipelines.values()].some((r) => r.namespace === p.namespace && r.name === p.name);
-    if (taken) throw alreadyExists(`Failed to create a new pipeline. The name ${p.name} already exist. Please specify a new name`);
-    const row = { ...p, id: crypto.randomUUID(), createdMs: nextCreatedMs() };
+  // storage/pipeline_store.go: (Namespace, Name) is unique among pipelines, (PipelineId, Name) among versions.
+  const addPipeline = (p: NewPipeline): PipelineRow => {
+    if ([...pipelines.values()].some((r) => r.namespace === p.namespace && r.name === p.name)) {
+      throw alreadyExists(`Failed to create a new pipeline. The name ${p.name} already exist. Please specify a new name`);
+    }
+    const row = { ...p, id: crypto.randomUUID(), createdMs: (lastMs = Math.max(Date.now(), lastMs + 1)) };
     pipelines.set(row.id, row);
     return row;
   };
 
-  const insertVersion = (v: Omit<VersionRow, "id" | "createdMs">): VersionRow => {
-    const taken = [...versions.values()].some((r) => r.pipelineId === v.pipelineId && r.name === v.name);
-    if (taken) throw alreadyExists(`Failed to create a new pipeline version. The name ${v.name} already exist. Specify a new name`);
-    const row = { ...v, id: crypto.randomUUID(), createdMs: nextCreatedMs() };
+  const addVersion = (pipelineId: string, v: NewVersion, spec = parseTemplate(v.specYaml)): VersionRow => {
+    if ([...versions.values()].some((r) => r.pipelineId === pipelineId && r.name === v.name)) {
+      throw alreadyExists(`Failed to create a new pipeline version. The name ${v.name} already exist. Specify a new name`);
+    }
+    const row = { ...v, pipelineId, spec, id: crypto.randomUUID(), createdMs: (lastMs = Math.max(Date.now(), lastMs + 1)) };
     versions.set(row.id, row);
     return row;
   };
 
-  /** resource_manager.go CreatePipelineAndPipelineVersion: the template is checked before the name is. */
-  const createPipelineWithVersion = (p: Omit<PipelineRow, "id" | "createdMs">, v: Omit<VersionRow, "id" | "createdMs" | "pipelineId" | "spec">): PipelineRow => {
+  /** resource_manager.go CreatePipelineAndPipelineVersion: the template is checked before anything is stored. */
+  const addPipelineWithVersion = (p: NewPipeline, v: NewVersion): PipelineRow => {
     const spec = parseTemplate(v.specYaml);
-    const pipeline = insertPipeline(p);
-    insertVersion({ ...v, pipelineId: pipeline.id, spec });
+    const pipeline = addPipeline(p);
+    addVersion(pipeline.id, v, spec);
     return pipeline;
   };
 
-  const createVersion = (v: Omit<VersionRow, "id" | "createdMs" | "spec">): VersionRow => {
-    const spec = parseTemplate(v.specYaml);
-    return insertVersion({ ...v, spec });
-  };
+  // ------------------------------------------------------------------ upload routes: server/pipeline_upload_server.go
+  // Plain HTTP handlers beside the gateway. Checks run in upstream's order, each with upstream's response.
 
-  // ------------------------------------------------------------------ upload routes (HTTP only, not gRPC)
-
-  /** server/util.go ReadPipelineFile: size cap, then the file name decides the format. */
-  async function readUpload(req: Request, record: RecordedRequest): Promise<{ text: string; filename: string } | "no-file" | "unreadable"> {
-    let file: unknown;
-    try {
-      file = (await req.formData()).get("uploadfile");
-    } catch {
-      return "no-file";
-    }
-    if (!(file instanceof Blob)) return "no-file";
-    const filename = (file as File).name ?? "";
-    record.filename = filename;
-    if (file.size > MAX_FILE_BYTES || !/\.ya?ml$/.test(filename)) return "unreadable";
+  /** server/util.go ReadPipelineFile: size cap first, then the file name decides the format. */
+  async function readUpload(req: Request, record: RecordedRequest, noFile: string, unreadable: string) {
+    const file = await req.formData().then((form) => form.get("uploadfile"), () => null);
+    if (!(file instanceof File)) throw new Reply(uploadError(400, noFile));
+    record.filename = file.name;
+    if (file.size > MAX_FILE_BYTES || !/\.ya?ml$/.test(file.name)) throw new Reply(uploadError(400, unreadable));
     record.body = await file.text();
-    return { text: record.body, filename };
+    return { text: record.body, filename: file.name };
   }
 
-  const parseTags = (q: URLSearchParams): Record<string, string> | undefined | "bad" => {
-    const raw = q.get("tags");
-    if (!raw) return undefined;
+  /** Validation failures answered with http.Error's plain text. */
+  const orPlainText = <T>(fn: () => T): T => {
     try {
-      const tags = JSON.parse(raw);
-      return isObject(tags) && Object.values(tags).every((t) => typeof t === "string") ? (tags as Record<string, string>) : "bad";
-    } catch {
-      return "bad";
+      return fn();
+    } catch (e) {
+      throw e instanceof UserError ? new Reply(plainError(e)) : e;
     }
   };
-  const TAGS_ERROR = "Failed to parse tags query parameter. Expected JSON object with string keys and values";
 
-  /** server/pipeline_upload_server.go UploadPipeline: creates the pipeline and a first version of the same name. */
-  async function uploadPipeline(req: Request, q: URLSearchParams, record: RecordedRequest): Promise<Response> {
-    const upload = await readUpload(req, record);
-    if (upload === "no-file") return uploadError(400, "Failed to read pipeline from file");
-    if (upload === "unreadable") return uploadError(400, "Failed to read a pipeline spec file");
-    const tooLong = checkLength("Pipeline.Namespace", q.get("namespace") ?? "");
-    if (tooLong) return plainError(tooLong);
-    let namespace: string;
+  const parseTags = (q: URLSearchParams): Record<string, string> | undefined => {
+    const raw = q.get("tags");
+    if (!raw) return undefined;
+    const tags = (() => {
+      try {
+        return JSON.parse(raw);
+      } catch {}
+    })();
+    if (isObject(tags) && Object.values(tags).every((t) => typeof t === "string")) return tags as Record<string, string>;
+    throw new Reply(uploadError(400, "Failed to parse tags query parameter. Expected JSON object with string keys and values"));
+  };
+
+  /** AlreadyExists → 409, InvalidArgument → 400 with its clean external message, anything else → 500. */
+  const orUploadError = <T>(generic: string, fn: () => T): T => {
     try {
-      namespace = resolveNamespace(q.get("namespace") ?? "");
+      return fn();
     } catch (e) {
-      return plainError(e as UserError);
+      if (!(e instanceof UserError)) throw e;
+      const [status, message] = e.code === 6 ? [409, generic] : e.code === 3 ? [400, e.external] : [500, generic];
+      throw new Reply(uploadError(status, message, false));
     }
-    const name = q.get("name") || q.get("display_name") || upload.filename;
+  };
+
+  /** UploadPipeline: creates the pipeline and a first version with the same name. */
+  async function uploadPipeline(req: Request, q: URLSearchParams, record: RecordedRequest): Promise<unknown> {
+    const file = await readUpload(req, record, "Failed to read pipeline from file", "Failed to read a pipeline spec file");
+    const namespace = orPlainText(() => {
+      checkLength("Pipeline.Namespace", q.get("namespace") ?? "");
+      return resolveNamespace(q.get("namespace") ?? "");
+    });
+    const name = q.get("name") || q.get("display_name") || file.filename;
     const displayName = q.get("display_name") || name;
     const description = q.get("description") ?? "";
     const tags = parseTags(q);
-    if (tags === "bad") return uploadError(400, TAGS_ERROR);
-    const nameTooLong = checkLength("Pipeline.Name", name);
-    if (nameTooLong) return plainError(nameTooLong);
-    try {
-      const pipeline = createPipelineWithVersion(
-        { name, displayName, description, namespace, tags },
-        { name, displayName, description, specYaml: upload.text, codeSourceUrl: q.get("code_source_url") ?? "", packageUrl: "" },
-      );
-      return json(200, apiPipeline(pipeline));
-    } catch (e) {
-      return uploadFailure(e, "Failed to create a pipeline and a pipeline version");
-    }
+    orPlainText(() => checkLength("Pipeline.Name", name));
+    const version = { name, displayName, description, specYaml: file.text, codeSourceUrl: q.get("code_source_url") ?? "", packageUrl: "" };
+    const pipeline = orUploadError("Failed to create a pipeline and a pipeline version", () =>
+      addPipelineWithVersion({ name, displayName, description, namespace, tags }, version));
+    return apiPipeline(pipeline);
   }
 
-  /** server/pipeline_upload_server.go UploadPipelineVersion: the namespace comes from the parent pipeline. */
-  async function uploadVersion(req: Request, q: URLSearchParams, record: RecordedRequest): Promise<Response> {
+  /** UploadPipelineVersion: the namespace is the parent pipeline's. */
+  async function uploadVersion(req: Request, q: URLSearchParams, record: RecordedRequest): Promise<unknown> {
     const failed = "Failed to create a pipeline version";
-    const upload = await readUpload(req, record);
-    if (typeof upload === "string") return uploadError(400, failed);
+    const file = await readUpload(req, record, failed, failed);
     const pipelineId = q.get("pipelineid") ?? "";
-    if (!pipelineId) return uploadError(400, failed);
-    const name = q.get("name") || q.get("display_name") || upload.filename;
-    const displayName = q.get("display_name") || name;
-    const tooLong = checkLength("PipelineVersion.Name", name);
-    if (tooLong) return plainError(tooLong);
+    if (!pipelineId) throw new Reply(uploadError(400, failed));
+    const name = q.get("name") || q.get("display_name") || file.filename;
+    orPlainText(() => checkLength("PipelineVersion.Name", name));
     const parent = pipelines.get(pipelineId);
-    if (!parent) return uploadError(400, failed);
-    if (requireNamespace && parent.namespace === "") return plainError(invalidInput("Namespace is required for pipeline operations"));
-    const tags = parseTags(q);
-    if (tags === "bad") return uploadError(400, TAGS_ERROR);
-    try {
-      const version = createVersion({
-        pipelineId, name, displayName, description: q.get("description") ?? "", specYaml: upload.text,
-        codeSourceUrl: q.get("code_source_url") ?? "", packageUrl: "", tags,
-      });
-      return json(200, apiVersion(version));
-    } catch (e) {
-      return uploadFailure(e, failed);
-    }
-  }
-
-  /** AlreadyExists → 409 and InvalidArgument → 400 with the clean external message; anything else → 500. */
-  function uploadFailure(e: unknown, generic: string): Response {
-    if (!(e instanceof UserError)) throw e;
-    if (e.code === 6) return uploadError(409, generic, false);
-    if (e.code === 3) return uploadError(400, e.external, false);
-    return uploadError(500, generic, false);
+    if (!parent) throw new Reply(uploadError(400, failed));
+    orPlainText(() => parent.namespace || resolveNamespace(""));
+    const version = {
+      name, displayName: q.get("display_name") || name, description: q.get("description") ?? "", specYaml: file.text,
+      codeSourceUrl: q.get("code_source_url") ?? "", packageUrl: "", tags: parseTags(q),
+    };
+    return apiVersion(orUploadError(failed, () => addVersion(pipelineId, version)));
   }
 
   // ------------------------------------------------------------------ gateway routes: server/pipeline_server.go
 
   async function readBody(req: Request, record: RecordedRequest): Promise<Json> {
     record.body = await req.text();
-    if (record.body.trim() === "") return {}; // grpc-gateway ignores an empty body (io.EOF)
-    try {
-      const body = JSON.parse(record.body);
-      if (isObject(body)) return body;
-    } catch {}
+    if (record.body.trim() === "") return {}; // grpc-gateway treats an empty body as an empty message
+    const body = (() => {
+      try {
+        return JSON.parse(record.body);
+      } catch {}
+    })();
+    if (isObject(body)) return body;
     throw new UserError(3, "proto: syntax error (line 1:1): unexpected token", "", true);
   }
 
   /** server/api_converter.go toModelPipeline: name and display_name stand in for each other. */
-  const toModelPipeline = (body: Json) => {
-    const name = String(body.name || body.display_name || body.displayName || "");
-    const model = {
-      name, displayName: String(body.display_name || body.displayName || name), description: String(body.description ?? ""),
-      namespace: String(body.namespace ?? ""), tags: isObject(body.tags) ? (body.tags as Record<string, string>) : undefined,
-    };
-    const tooLong = checkLength("Pipeline.Name", name) ?? checkLength("Pipeline.Namespace", model.namespace);
-    if (tooLong) throw internalError(`Failed to convert API pipeline to model pipeline: ${tooLong.internal}`);
-    return model;
+  const toModelPipeline = (body: Json): NewPipeline => {
+    const name = String(body.name || field(body, "displayName", "display_name") || "");
+    const namespace = String(body.namespace ?? "");
+    try {
+      checkLength("Pipeline.Name", name);
+      checkLength("Pipeline.Namespace", namespace);
+    } catch (e) {
+      throw internalError(`Failed to convert API pipeline to model pipeline: ${(e as UserError).internal}`);
+    }
+    const tags = isObject(body.tags) ? (body.tags as Record<string, string>) : undefined;
+    const displayName = String(field(body, "displayName", "display_name") || name);
+    return { name, displayName, description: String(body.description ?? ""), namespace, tags };
   };
 
   /** CreatePipelineVersion and CreatePipelineAndVersion download the spec from package_url. */
   async function downloadSpec(url: string): Promise<string> {
-    let res: Response;
-    try {
-      res = await fetch(url);
-    } catch {
+    const res = await fetch(url).catch(() => {
       throw internalError(`error downloading the pipeline spec from ${url}`);
-    }
+    });
     if (res.status !== 200) throw invalidInput(`Failed to fetch pipeline spec with url: ${url}. Request returned ${res.status} ${res.statusText}`);
     const text = await res.text();
     if (text.length > MAX_FILE_BYTES) throw invalidInput(`File size too large. Maximum supported size: ${MAX_FILE_BYTES}`);
@@ -593,179 +602,114 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     return text;
   }
 
-  type GatewayHandler = (req: Request, q: URLSearchParams, params: string[], record: RecordedRequest) => Promise<unknown> | unknown;
+  const listOptionsError = (what: string, q: URLSearchParams) =>
+    `Failed to list ${what} due invalid list options: pageToken: ${q.get("page_token") ?? ""}, pageSize: ${q.get("page_size") ?? 0}, sortBy: ${q.get("sort_by") ?? ""}, filter: ${q.get("filter") ?? ""}`;
 
-  // Upstream validates list options before it looks at the namespace or the parent pipeline, so the
-  // list handlers page first (pure) and check those afterwards to report errors in the same order.
+  // The list handlers page first: upstream validates list options before it checks the namespace or the parent.
   const listPipelines: GatewayHandler = (_req, q) => {
     const namespace = q.get("namespace") ?? "";
     const rows = [...pipelines.values()].filter((p) => p.namespace === (multiUser ? namespace : ""));
-    const page = listOrWrap(rows, PIPELINE_FIELDS, "Pipeline", q, "pipelines");
-    try {
-      resolveNamespace(namespace);
-    } catch (e) {
-      throw (e as UserError).wrap(`Failed to list pipelines in namespace ${namespace}. Check error stack`);
-    }
+    const page = within(listOptionsError("pipelines", q), () => listPage(rows, PIPELINE_FIELDS, "Pipeline", q));
+    within(`Failed to list pipelines in namespace ${namespace}. Check error stack`, () => resolveNamespace(namespace));
     return omitEmpty({ pipelines: page.items.map(apiPipeline), total_size: page.total, next_page_token: page.next });
   };
 
-  const listOrWrap = <R extends { id: string; createdMs: number }>(rows: R[], fields: Record<string, FieldGetter<R>>, listable: string, q: URLSearchParams, what: string) => {
-    try {
-      return listPage(rows, fields, listable, q);
-    } catch (e) {
-      if (!(e instanceof UserError) || e.bare) throw e;
-      throw e.wrap(`Failed to list ${what} due invalid list options: pageToken: ${q.get("page_token") ?? ""}, pageSize: ${q.get("page_size") ?? 0}, sortBy: ${q.get("sort_by") ?? ""}, filter: ${q.get("filter") ?? ""}`);
-    }
-  };
-
   const createPipeline: GatewayHandler = async (req, _q, _p, record) => {
-    const wrap = "Failed to create a pipeline due to server error";
-    let model;
-    try {
-      model = toModelPipeline(await readBody(req, record));
-    } catch (e) {
-      throw e instanceof UserError && !e.bare ? e.wrap("Failed to create a pipeline as pipeline conversion failed") : e;
-    }
-    try {
+    const body = await readBody(req, record);
+    const model = within("Failed to create a pipeline as pipeline conversion failed", () => toModelPipeline(body));
+    return within("Failed to create a pipeline due to server error", () => {
       model.namespace = resolveNamespace(model.namespace);
       if (!model.name) throw invalidInput("name is required");
-      return apiPipeline(wrapStore(() => insertPipeline(model), "Failed to create a pipeline in PipelineStore"));
-    } catch (e) {
-      throw (e as UserError).wrap(wrap);
-    }
-  };
-
-  const wrapStore = <T>(fn: () => T, context: string): T => {
-    try {
-      return fn();
-    } catch (e) {
-      throw e instanceof UserError && e.code === 6 ? e.wrap(context) : e;
-    }
+      return apiPipeline(within("Failed to create a pipeline in PipelineStore", () => addPipeline(model)));
+    });
   };
 
   const createPipelineAndVersion: GatewayHandler = async (req, _q, _p, record) => {
     const body = await readBody(req, record);
-    const version = isObject(body.pipeline_version) ? body.pipeline_version : isObject(body.pipelineVersion) ? body.pipelineVersion : {};
-    const url = String((field(version, "packageUrl", "package_url") as Json | undefined)?.pipeline_url ?? (field(version, "packageUrl", "package_url") as Json | undefined)?.pipelineUrl ?? "");
-    try {
+    const version = (field(body, "pipelineVersion", "pipeline_version") ?? {}) as Json;
+    const url = packageUrl(version);
+    return within("Failed to create a pipeline", async () => {
       const model = toModelPipeline(isObject(body.pipeline) ? body.pipeline : {});
-      model.name = model.name || url.split("/").pop() || "";
-      model.displayName = model.displayName || model.name;
+      model.name ||= url.split("/").pop() ?? "";
+      model.displayName ||= model.name;
       model.namespace = resolveNamespace(model.namespace);
       const specYaml = await downloadSpec(url);
       const tags = isObject(version.tags) ? (version.tags as Record<string, string>) : undefined;
-      const pipeline = wrapStore(
-        () => createPipelineWithVersion(model, { name: model.name, displayName: model.displayName, description: model.description, specYaml, codeSourceUrl: "", packageUrl: url, tags }),
-        "Failed to create a pipeline and a pipeline version",
-      );
+      const { name, displayName, description } = model;
+      const pipeline = within("Failed to create a pipeline and a pipeline version", () =>
+        addPipelineWithVersion(model, { name, displayName, description, specYaml, codeSourceUrl: "", packageUrl: url, tags }));
       return apiPipeline(pipeline);
-    } catch (e) {
-      throw e instanceof UserError ? e.wrap("Failed to create a pipeline") : e;
-    }
+    });
   };
 
-  const getPipelineById: GatewayHandler = (_req, _q, [id]) => {
-    try {
-      return apiPipeline(getPipeline(id!));
-    } catch (e) {
-      throw (e as UserError).wrap(`Failed to get a pipeline ${id}. Check error stack`);
-    }
-  };
+  const getPipelineById: GatewayHandler = (_req, _q, [id]) =>
+    within(`Failed to get a pipeline ${id}. Check error stack`, () => apiPipeline(getPipeline(id!)));
 
   const getPipelineByName: GatewayHandler = (_req, q, [name]) => {
     const namespace = q.get("namespace") ?? "";
-    try {
+    return within(`Failed to get a pipeline with name ${name} and namespace ${namespace}. Check error stack.`, () => {
       const ns = resolveNamespace(namespace);
-      // pipeline_store.go: an empty namespace does not filter; the newest match wins.
+      // pipeline_store.go: an empty namespace does not filter, and the newest match wins.
       const found = [...pipelines.values()]
         .filter((p) => p.name === name && (ns === "" || p.namespace === ns))
         .sort((a, b) => b.createdMs - a.createdMs)[0];
       if (!found) throw notFound("Namespace/Pipeline", `${ns}/${name}`).wrap(`Failed to get a pipeline named ${name} in namespace ${ns}`);
       return apiPipeline(found);
-    } catch (e) {
-      throw (e as UserError).wrap(`Failed to get a pipeline with name ${name} and namespace ${namespace}. Check error stack.`);
-    }
+    });
   };
 
-  /** resource_manager.go DeletePipeline: refuses while versions exist unless cascade=true. */
-  const deletePipeline: GatewayHandler = (_req, q, [id]) => {
-    try {
-      try {
-        getPipeline(id!);
-      } catch (e) {
-        throw (e as UserError).wrap(`Failed to delete pipeline with id ${id} as it was not found`);
-      }
+  /** resource_manager.go DeletePipeline: refused while versions exist unless cascade=true. */
+  const deletePipeline: GatewayHandler = (_req, q, [id]) =>
+    within(`Failed to delete pipeline ${id}. Check error stack`, () => {
+      within(`Failed to delete pipeline with id ${id} as it was not found`, () => getPipeline(id!));
       const children = [...versions.values()].filter((v) => v.pipelineId === id).sort((a, b) => b.createdMs - a.createdMs);
-      if (children.length && q.get("cascade") !== "true") {
-        throw invalidInput(`Failed to delete pipeline with id ${id} as it has existing pipeline versions (e.g. ${children[0]!.id}). Set cascade=true to delete all versions`);
+      if (children[0] && q.get("cascade") !== "true") {
+        throw invalidInput(`Failed to delete pipeline with id ${id} as it has existing pipeline versions (e.g. ${children[0].id}). Set cascade=true to delete all versions`);
       }
       for (const v of children) versions.delete(v.id);
       pipelines.delete(id!);
       return {};
-    } catch (e) {
-      throw (e as UserError).wrap(`Failed to delete pipeline ${id}. Check error stack`);
-    }
-  };
+    });
 
   const listVersions: GatewayHandler = (_req, q, [pipelineId]) => {
     const rows = [...versions.values()].filter((v) => v.pipelineId === pipelineId);
-    const page = listOrWrap(rows, VERSION_FIELDS, "PipelineVersion", q, "pipeline versions");
-    try {
-      getPipeline(pipelineId!);
-    } catch (e) {
-      throw (e as UserError)
-        .wrap(`Failed to get namespace for pipeline id ${pipelineId}`)
-        .wrap(`Failed to list pipeline versions due to error fetching the namespace for pipeline ${pipelineId}`)
-        .wrap(`Failed to list pipeline versions for pipeline ${pipelineId}`);
-    }
+    const page = within(listOptionsError("pipeline versions", q), () => listPage(rows, VERSION_FIELDS, "PipelineVersion", q));
+    within(`Failed to list pipeline versions for pipeline ${pipelineId}`, () =>
+      within(`Failed to list pipeline versions due to error fetching the namespace for pipeline ${pipelineId}`, () =>
+        within(`Failed to get namespace for pipeline id ${pipelineId}`, () => getPipeline(pipelineId!))));
     return omitEmpty({ pipeline_versions: page.items.map(apiVersion), next_page_token: page.next, total_size: page.total });
   };
 
+  /** CreatePipelineVersion: both the path and the body must name the parent pipeline. */
   const createVersionFromUrl: GatewayHandler = async (req, _q, [pipelineId], record) => {
     const body = await readBody(req, record);
-    const url = String((field(body, "packageUrl", "package_url") as Json | undefined)?.pipeline_url ?? (field(body, "packageUrl", "package_url") as Json | undefined)?.pipelineUrl ?? "");
-    const wrap = "Failed to create a pipeline version. Check error stack";
     if (!field(body, "packageUrl", "package_url")) throw invalidInput("Failed to create a pipeline version. Package URL is nil");
+    const url = packageUrl(body);
     if (!url) throw invalidInput("Failed to create a pipeline version. Package URL is empty");
-    if (!pipelineId || !field(body, "pipelineId", "pipeline_id")) throw invalidInput("Failed to create a pipeline version. Parent pipeline id is empty");
-    const name = String(body.name || body.display_name || body.displayName || "");
-    try {
+    if (!field(body, "pipelineId", "pipeline_id")) throw invalidInput("Failed to create a pipeline version. Parent pipeline id is empty");
+    const name = String(body.name || field(body, "displayName", "display_name") || "");
+    return within("Failed to create a pipeline version. Check error stack", async () => {
       if (!name) throw invalidInput("name is required");
-      getPipeline(pipelineId);
-      const specYaml = await downloadSpec(url);
-      const version = createVersion({
-        pipelineId, name, displayName: String(body.display_name || body.displayName || name), description: String(body.description ?? ""),
-        specYaml, codeSourceUrl: String(field(body, "codeSourceUrl", "code_source_url") ?? ""), packageUrl: url,
-        tags: isObject(body.tags) ? (body.tags as Record<string, string>) : undefined,
-      });
-      return apiVersion(version);
-    } catch (e) {
-      throw (e as UserError).wrap(wrap);
-    }
+      getPipeline(pipelineId!);
+      const version = {
+        name, displayName: String(field(body, "displayName", "display_name") || name), description: String(body.description ?? ""),
+        specYaml: await downloadSpec(url), codeSourceUrl: String(field(body, "codeSourceUrl", "code_source_url") ?? ""),
+        packageUrl: url, tags: isObject(body.tags) ? (body.tags as Record<string, string>) : undefined,
+      };
+      return apiVersion(addVersion(pipelineId!, version));
+    });
   };
 
-  // GetPipelineVersion and DeletePipelineVersion look the version up by its own id; the pipeline id is not checked.
-  const getVersionById: GatewayHandler = (_req, _q, [, versionId]) => {
-    try {
-      return apiVersion(getVersion(versionId!));
-    } catch (e) {
-      throw (e as UserError).wrap(`Failed to get a pipeline version ${versionId}`);
-    }
-  };
+  // GetPipelineVersion and DeletePipelineVersion look the version up by its own id; the pipeline id goes unchecked.
+  const getVersionById: GatewayHandler = (_req, _q, [, versionId]) =>
+    within(`Failed to get a pipeline version ${versionId}`, () => apiVersion(getVersion(versionId!)));
 
-  const deleteVersion: GatewayHandler = (_req, _q, [pipelineId, versionId]) => {
-    try {
-      try {
-        getVersion(versionId!);
-      } catch (e) {
-        throw (e as UserError).wrap(`Failed to delete pipeline version with id ${versionId} as it was not found`);
-      }
+  const deleteVersion: GatewayHandler = (_req, _q, [pipelineId, versionId]) =>
+    within(`Failed to delete a pipeline version id ${versionId} under pipeline id ${pipelineId}. Check error stack`, () => {
+      within(`Failed to delete pipeline version with id ${versionId} as it was not found`, () => getVersion(versionId!));
       versions.delete(versionId!);
       return {};
-    } catch (e) {
-      throw (e as UserError).wrap(`Failed to delete a pipeline version id ${versionId} under pipeline id ${pipelineId}. Check error stack`);
-    }
-  };
+    });
 
   // backend/api/v2beta1/pipeline.proto google.api.http bindings
   const P = "/apis/v2beta1/pipelines";
@@ -786,7 +730,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     const candidates = ROUTES.filter(([, pattern]) => pattern.test(url.pathname));
     const route = candidates.find(([method]) => method === req.method);
     // grpc-gateway v2 routing errors: unknown path → NotFound, known path with another method → Unimplemented.
-    if (!route) return gatewayError(new UserError(candidates.length ? 12 : 5, candidates.length ? "Method Not Allowed" : "Not Found", "", true));
+    if (!route) return gatewayError(new UserError(candidates[0] ? 12 : 5, candidates[0] ? "Method Not Allowed" : "Not Found", "", true));
     const params = route[1].exec(url.pathname)!.slice(1).map(decodeURIComponent);
     try {
       return json(200, await route[2](req, url.searchParams, params, record));
@@ -798,20 +742,21 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
 
   // ------------------------------------------------------------------ dispatch
 
-  function healthz(): Response {
-    // main.go writes this body by hand, spaces included.
-    const body = `{"commit_sha":"unknown", "tag_name":"${opts.version ?? "2.17.3"}", "multi_user":${multiUser}, "pipeline_store": "database"}`;
-    return new Response(body, { headers: { "content-type": "application/json" } });
-  }
+  /** main.go writes the healthz body by hand, spaces included. */
+  const healthz = () =>
+    new Response(`{"commit_sha":"unknown", "tag_name":"${opts.version ?? "2.17.3"}", "multi_user":${multiUser}, "pipeline_store": "database"}`, {
+      headers: { "content-type": "application/json" },
+    });
 
   function faultResponse(fault: Fault, isUpload: boolean): Response {
     if (fault.body !== undefined) {
-      let isJson = true;
-      try {
-        JSON.parse(fault.body);
-      } catch {
-        isJson = false;
-      }
+      const isJson = (() => {
+        try {
+          return JSON.parse(fault.body!), true;
+        } catch {
+          return false;
+        }
+      })();
       return new Response(fault.body, { status: fault.status, headers: { "content-type": isJson ? "application/json" : "text/plain; charset=utf-8" } });
     }
     const text = STATUS_CODES[fault.status] ?? `HTTP ${fault.status}`;
@@ -821,20 +766,25 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
   }
 
   async function dispatch(req: Request, url: URL, record: RecordedRequest): Promise<Response> {
-    const isUpload = UPLOAD_ROUTE.test(url.pathname);
+    const upload = url.pathname.match(UPLOAD_ROUTE)?.[1];
     const fault = faults.find((f) => f.remaining > 0 && f.route.test(`${req.method} ${url.pathname}`));
     if (fault) {
       fault.remaining--;
-      return faultResponse(fault, isUpload);
+      return faultResponse(fault, !!upload);
     }
     if (opts.token && req.headers.get("authorization")?.replace(/^bearer /i, "Bearer ") !== `Bearer ${opts.token}`) {
       const err = unauthenticated();
-      return isUpload ? uploadError(401, err.external) : gatewayError(err);
+      return upload ? uploadError(401, err.external) : gatewayError(err);
     }
     if (url.pathname === "/apis/v2beta1/healthz") return healthz();
-    if (isUpload) {
-      const upload = url.pathname.endsWith("/upload") ? uploadPipeline : uploadVersion;
-      return upload(req, url.searchParams, record);
+    if (upload) {
+      const handler = upload === "upload" ? uploadPipeline : uploadVersion;
+      try {
+        return json(200, await handler(req, url.searchParams, record));
+      } catch (e) {
+        if (e instanceof Reply) return e.response;
+        throw e;
+      }
     }
     if (url.pathname.startsWith("/apis/")) return gateway(req, url, record);
     return new Response("404 page not found\n", { status: 404, headers: { "content-type": "text/plain; charset=utf-8" } });
@@ -846,17 +796,12 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     maxRequestBodySize: 2 * MAX_FILE_BYTES, // let oversized uploads reach the handler's own 32 MiB check
     async fetch(req) {
       const url = new URL(req.url);
-      const record: RecordedRequest = {
-        method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams),
-        headers: Object.fromEntries(req.headers.entries()), status: 0,
-      };
+      const headers = Object.fromEntries(req.headers.entries());
+      const record: RecordedRequest = { method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams), headers, status: 0 };
       requests.push(record);
-      let res: Response;
-      try {
-        res = await dispatch(req, url, record);
-      } catch (e) {
-        res = new Response(`fake KFP server bug: ${(e as Error).stack ?? e}`, { status: 500 });
-      }
+      const res = await dispatch(req, url, record).catch(
+        (e) => new Response(`fake KFP server bug: ${(e as Error).stack ?? e}`, { status: 500 }),
+      );
       record.status = res.status;
       if (opts.log) process.stderr.write(`${req.method} ${url.pathname}${url.search} ${res.status}\n`);
       return res;
@@ -870,10 +815,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     failNext(route, status, times = 1, body) {
       faults.push({ route, status, remaining: times, body });
     },
-    state: () => ({
-      pipelines: [...pipelines.values()].map(apiPipeline),
-      versions: [...versions.values()].map(apiVersion),
-    }),
+    state: () => ({ pipelines: [...pipelines.values()].map(apiPipeline), versions: [...versions.values()].map(apiVersion) }),
     reset() {
       pipelines.clear();
       versions.clear();
