@@ -707,16 +707,14 @@ export async function compileAll(
   onResult: (result: CompileResult) => void = () => {},
 ): Promise<CompileRun> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-"));
-  const jobs = files.map((file, i) => ({
-    file: file.abs,
-    function: file.functionName,
-    output: outputPathFor(file, cfg.cwd, cfg.outDir),
-    result: path.join(work, `${i}.result.json`),
-    log: path.join(work, `${i}.log`),
-  }));
+  const jobs = files.map((file, i) => {
+    const output = outputPathFor(file, cfg.cwd, cfg.outDir);
+    // Compiled next to its final place, then renamed: a concurrent run never reads half a file.
+    return { file: file.abs, function: file.functionName, output: output.replace(/\.yaml$/, `.${process.pid}.tmp.yaml`), final: output, result: path.join(work, `${i}.result.json`), log: path.join(work, `${i}.log`) };
+  });
   for (const job of jobs) {
     fs.mkdirSync(path.dirname(job.output), { recursive: true });
-    fs.rmSync(job.output, { force: true }); // a failed compile must not leave last run's YAML behind
+    fs.rmSync(job.final, { force: true }); // a failed compile must not leave last run's YAML behind
   }
 
   let driver: Bun.Subprocess<"pipe", "pipe", "pipe">;
@@ -783,7 +781,7 @@ export async function compileAll(
   };
 }
 
-async function resultOf(file: PipelineFile, job: { output: string; log: string }, event: DriverEvent): Promise<CompileResult> {
+async function resultOf(file: PipelineFile, job: { output: string; final: string; log: string }, event: DriverEvent): Promise<CompileResult> {
   const ms = event.ms ?? 0;
   if (!event.ok) {
     const e = typeof event.error === "object" ? event.error : { message: String(event.error), file: file.abs, line: null };
@@ -800,13 +798,14 @@ async function resultOf(file: PipelineFile, job: { output: string; log: string }
     return { ok: false, file, ms, problem: { stage: "compile", file: displayPath(e.file, file), line: e.line ?? undefined, message } };
   }
   const yaml = await Bun.file(job.output).text();
+  fs.renameSync(job.output, job.final);
   const docs = YAML.parseAllDocuments(yaml);
   const spec = docs[0]?.toJS() as { pipelineInfo?: { name?: string; description?: string } } | undefined;
   const irName = spec?.pipelineInfo?.name;
   if (!irName) {
     return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: "the compiled spec has no pipelineInfo.name (compiled with --kubernetes-manifest-format?)" } };
   }
-  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.output, yaml };
+  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml };
 }
 
 function notUtf8(file: string): { line: number; byte: string } | undefined {
@@ -891,7 +890,9 @@ export function serverMessage(data: unknown): string | undefined {
   }
   if (body && typeof body === "object") {
     const b = body as Record<string, unknown>;
-    const message = b.message ?? b.error_message ?? b.error;
+    // Gateway errors carry the clean text in details[0].error_message and the whole chain in message.
+    const detail = Array.isArray(b.details) ? (b.details[0] as Record<string, unknown> | undefined)?.error_message : undefined;
+    const message = detail ?? b.error_message ?? b.message ?? b.error;
     if (typeof message === "string" && message) return message.trim().slice(0, 500);
   }
   return undefined;

@@ -66,14 +66,15 @@ def pick_best(results: list, p95_budget_s: float, summary: Output[Metrics]) -> d
 @dsl.pipeline(name="vllm-tuning", description="Sweep vLLM engine parameters in parallel and pick the best throughput under a latency budget.")
 def vllm_tuning(
     model: str = "meta-llama/Meta-Llama-3.1-8B-Instruct",
-    configs: list = DEFAULT_GRID,
     num_prompts: int = 500,
     input_len: int = 512,
     output_len: int = 128,
     max_model_len: int = 4096,
     p95_budget_s: float = 30.0,
 ):
-    with dsl.ParallelFor(items=configs, parallelism=4, name="sweep") as config:
+    # The grid is fixed in code rather than a list-of-dicts parameter default: kfp 2.17 writes such a
+    # default into the YAML header in a random key order, so every compile would differ.
+    with dsl.ParallelFor(items=DEFAULT_GRID, parallelism=4, name="sweep") as config:
         bench = benchmark_config(model=model, config=config, num_prompts=num_prompts, input_len=input_len,
                                  output_len=output_len, max_model_len=max_model_len)
         bench.set_cpu_limit("8").set_memory_limit("64G")

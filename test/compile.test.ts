@@ -72,13 +72,14 @@ describe("compile: bad files are reported per file, the rest still compiles", ()
     "import_error_pipeline.py": [3, "ImportError: cannot import name 'NoSuchThing'"],
     "missing_dep_pipeline.py": [3, "ModuleNotFoundError: No module named 'not_installed_module_xyz'"],
     "no_pipeline_pipeline.py": [undefined, "Expected one pipeline or one component in module"],
-    "exception_at_import_pipeline.py": [7, "RuntimeError"],
+    "exception_at_import_pipeline.py": [5, "RuntimeError: cannot load pipeline config"],
     "exception_in_body_pipeline.py": [17, "ValueError"],
     "sys_exit_pipeline.py": [5, "called sys.exit(3)"],
     "infinite_loop_pipeline.py": [undefined, "did not finish in 8 s"],
     "bad_name_long_pipeline.py": [13, "Invalid pipeline name"],
     "empty_pipeline.py": [undefined, "Expected one pipeline or one component in module"],
     "non_utf8_pipeline.py": [2, "not valid UTF-8 (byte 0xE9 on line 2)"],
+    "non_utf8_string_pipeline.py": [6, "SyntaxError: (unicode error)"],
   };
   const compiles = ["loud_pipeline.py", "bad_name_pipeline.py", "huge_pipeline.py"];
 

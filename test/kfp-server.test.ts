@@ -14,18 +14,33 @@ function ir(name: string, extra: { schemaVersion?: string; root?: boolean } = {}
   ].join("\n");
 }
 
+/** Response bodies are asserted field by field, so they stay untyped here. */
+type Body = any;
+
 const PLATFORM_SPEC = "platforms:\n  kubernetes:\n    deploymentSpec:\n      executors:\n        exec-hello:\n          nodeSelector:\n            labels:\n              pool: cpu";
 
-async function upload(kfp: KfpServer, route: "upload" | "upload_version", file: string, query: Record<string, string>, filename = "pipeline.yaml", headers: Record<string, string> = {}) {
+async function upload(
+  kfp: KfpServer, route: "upload" | "upload_version", file: string, query: Record<string, string>,
+  filename = "pipeline.yaml", headers: Record<string, string> = {},
+) {
   const form = new FormData();
   form.append("uploadfile", new File([file], filename));
   const res = await fetch(`${kfp.url}/apis/v2beta1/pipelines/${route}?${new URLSearchParams(query)}`, { method: "POST", body: form, headers });
-  return { status: res.status, type: res.headers.get("content-type"), text: await res.clone().text(), body: await res.json().catch(() => undefined) };
+  const text = await res.text();
+  return { status: res.status, type: res.headers.get("content-type"), text, body: tryParse(text) };
 }
 
 async function call(kfp: KfpServer, path: string, init: RequestInit = {}) {
   const res = await fetch(`${kfp.url}/apis/v2beta1/${path}`, init);
-  return { status: res.status, body: await res.json().catch(() => undefined) };
+  return { status: res.status, body: tryParse(await res.text()) };
+}
+
+function tryParse(text: string): Body {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
 }
 
 const filterParam = (predicates: unknown[]) => encodeURIComponent(JSON.stringify({ predicates }));
@@ -84,7 +99,8 @@ describe("single-user server", () => {
   });
 
   test("upload_version to an unknown or missing pipelineid is 400", async () => {
-    for (const query of [{ pipelineid: crypto.randomUUID(), name: "v" }, { name: "v" }]) {
+    const queries: Record<string, string>[] = [{ pipelineid: crypto.randomUUID(), name: "v" }, { name: "v" }];
+    for (const query of queries) {
       const res = await upload(kfp, "upload_version", ir("p"), query);
       expect(res.status).toBe(400);
       expect(res.type).toBe("text/plain; charset=utf-8"); // Go sniffs the JSON body written before Content-Type is set
@@ -205,6 +221,34 @@ describe("single-user server", () => {
     expect(again.body.code).toBe(6);
   });
 
+  test("JSON routes create a pipeline and versions from package_url", async () => {
+    const files = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response(ir("from-url")) });
+    try {
+      const specUrl = `http://127.0.0.1:${files.port}/specs/train.yaml`;
+      const post = (path: string, body: unknown) => call(kfp, path, { method: "POST", body: JSON.stringify(body) });
+      const created = await post("pipelines/create", { pipeline: {}, pipeline_version: { package_url: { pipeline_url: specUrl } } });
+      expect(created.body).toMatchObject({ name: "train.yaml", display_name: "train.yaml" });
+      const id = created.body.pipeline_id;
+      const noParent = await post(`pipelines/${id}/versions`, { name: "v2", package_url: { pipeline_url: specUrl } });
+      expect(noParent.body.details[0].error_message).toBe("Failed to create a pipeline version. Parent pipeline id is empty");
+      const version = await post(`pipelines/${id}/versions`, { pipeline_id: id, name: "v2", package_url: { pipeline_url: specUrl } });
+      expect(version.body).toMatchObject({ name: "v2", package_url: { pipeline_url: specUrl } });
+      expect((await call(kfp, `pipelines/${id}/versions`)).body.total_size).toBe(2);
+    } finally {
+      files.stop(true);
+    }
+  });
+
+  test("a page token keeps its own sort and filter", async () => {
+    for (const name of ["a", "b", "c"]) await upload(kfp, "upload", ir("p"), { name });
+    const first = await call(kfp, `pipelines?page_size=1&sort_by=${encodeURIComponent("name desc")}`);
+    const token = encodeURIComponent(first.body.next_page_token);
+    expect((await call(kfp, `pipelines?page_size=1&page_token=${token}`)).body.pipelines[0].name).toBe("b");
+    const mismatch = await call(kfp, `pipelines?page_size=1&page_token=${token}&sort_by=name`);
+    expect(mismatch.status).toBe(400);
+    expect((await call(kfp, "pipelines?page_token=garbage")).status).toBe(400);
+  });
+
   test("failNext makes matching requests fail, then lets them through", async () => {
     kfp.failNext(/ \/apis\/v2beta1\/pipelines$/, 503, 2);
     expect((await call(kfp, "pipelines")).status).toBe(503);
@@ -236,7 +280,7 @@ describe("multi-user server", () => {
     expect((await upload(kfp, "upload", ir("p"), { name: "p", namespace: "team-b" })).status).toBe(200);
     expect((await call(kfp, "pipelines?namespace=team-a")).body.total_size).toBe(1);
     expect((await call(kfp, "pipelines/names/p?namespace=team-b")).body.namespace).toBe("team-b");
-    expect((await fetch(`${kfp.url}/apis/v2beta1/healthz`).then((r) => r.json())).multi_user).toBe(true);
+    expect((await call(kfp, "healthz")).body.multi_user).toBe(true);
   });
 });
 
@@ -254,5 +298,21 @@ describe("server behind a bearer token", () => {
     expect(uploaded.body.error_message).toBeString();
     const ok = await upload(kfp, "upload", ir("p"), { name: "p" }, "p.yaml", { authorization: "Bearer s3cret" });
     expect(ok.status).toBe(200);
+  });
+});
+
+describe("command line", () => {
+  test("serves until killed and logs each request to stderr", async () => {
+    const child = Bun.spawn([process.execPath, `${import.meta.dir}/kfp-server.ts`, "--port", "0", "--multi-user"], { stderr: "pipe" });
+    try {
+      const lines = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+      const { value: banner } = await lines.read();
+      const url = banner?.match(/listening on (http:\/\/127\.0\.0\.1:\d+)/)?.[1];
+      expect(url).toBeString();
+      expect(await fetch(`${url}/apis/v2beta1/healthz`).then((r) => r.json())).toMatchObject({ multi_user: true });
+      expect((await lines.read()).value).toBe("GET /apis/v2beta1/healthz 200\n");
+    } finally {
+      child.kill();
+    }
   });
 });

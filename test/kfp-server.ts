@@ -177,7 +177,15 @@ function plainError(err: UserError): Response {
 
 const SPEC_FIELDS = new Set(["pipelineInfo", "pipeline_info", "deploymentSpec", "deployment_spec", "sdkVersion", "sdk_version", "schemaVersion", "schema_version", "components", "root", "defaultPipelineRoot", "default_pipeline_root"]);
 const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+/** protojson accepts a field under its JSON name and its proto name. */
 const field = (o: Json, camel: string, snake: string) => o[camel] ?? o[snake];
+const tryJson = (text: string): unknown => {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+};
 
 /** A document counts as IR only if it parses as a PipelineSpec proto with a pipelineInfo.name and a root. */
 function isPipelineSpec(doc: unknown): doc is Json {
@@ -241,34 +249,25 @@ const VERSION_FIELDS: Record<string, FieldGetter<VersionRow>> = {
   created_at: (r) => r.createdMs, status: () => "READY", description: (r) => r.description, pipeline_spec: (r) => r.specYaml,
 };
 const OPERATIONS = new Set(["EQUALS", "NOT_EQUALS", "GREATER_THAN", "GREATER_THAN_EQUALS", "LESS_THAN", "LESS_THAN_EQUALS", "IN", "IS_SUBSTRING"]);
-const VALUE_FIELDS: Record<string, string> = {
-  int_value: "int_value", intValue: "int_value", long_value: "long_value", longValue: "long_value",
-  string_value: "string_value", stringValue: "string_value", timestamp_value: "timestamp_value", timestampValue: "timestamp_value",
-  int_values: "int_values", intValues: "int_values", long_values: "long_values", longValues: "long_values",
-  string_values: "string_values", stringValues: "string_values",
-};
+const VALUE_FIELDS = new Set(["int_value", "long_value", "string_value", "timestamp_value", "int_values", "long_values", "string_values"]);
+const protoName = (key: string) => key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
 interface Predicate { key: string; operation: string; value: string | number | (string | number)[] }
 
 /** The filter query value is URL-decoded once more by the server and parsed strictly as a v2beta1 Filter. */
 function parseFilter(raw: string, keys: string[]): Predicate[] {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(decodeURIComponent(raw.replace(/\+/g, " ")));
-  } catch (e) {
-    throw invalidInput(`failed to parse filter spec: proto: syntax error: ${(e as Error).message}`);
-  }
-  if (!isObject(parsed)) throw invalidInput("failed to parse filter spec: proto: unexpected token");
+  const parsed = tryJson(decodeURIComponent(raw.replace(/\+/g, " ")));
+  if (!isObject(parsed)) throw invalidInput("failed to parse filter spec: proto: syntax error: unexpected token");
   const unknownTop = Object.keys(parsed).find((k) => k !== "predicates");
   if (unknownTop) throw invalidInput(`failed to parse filter spec: proto: unknown field "${unknownTop}"`);
   return ((parsed.predicates ?? []) as Json[]).map((p) => {
-    const unknown = Object.keys(p).find((k) => k !== "key" && k !== "operation" && !(k in VALUE_FIELDS));
+    const unknown = Object.keys(p).find((k) => k !== "key" && k !== "operation" && !VALUE_FIELDS.has(protoName(k)));
     if (unknown) throw invalidInput(`failed to parse filter spec: proto: unknown field "${unknown}"`);
     const key = String(p.key ?? "");
     const operation = String(p.operation ?? "OPERATION_UNSPECIFIED");
-    const valueField = Object.keys(p).find((k) => k in VALUE_FIELDS);
+    const valueField = Object.keys(p).find((k) => VALUE_FIELDS.has(protoName(k)));
     if (!valueField) throw invalidInput(`no value set for predicate on key "${key}"`);
-    const kind = VALUE_FIELDS[valueField]!;
+    const kind = protoName(valueField);
     const rawValue = p[valueField];
     const array = kind.endsWith("_values");
     const toValue = (v: unknown) => (kind.startsWith("timestamp") ? Math.floor(Date.parse(String(v)) / 1000) : kind.startsWith("string") ? String(v) : Number(v));
@@ -505,11 +504,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
   const parseTags = (q: URLSearchParams): Record<string, string> | undefined => {
     const raw = q.get("tags");
     if (!raw) return undefined;
-    const tags = (() => {
-      try {
-        return JSON.parse(raw);
-      } catch {}
-    })();
+    const tags = tryJson(raw);
     if (isObject(tags) && Object.values(tags).every((t) => typeof t === "string")) return tags as Record<string, string>;
     throw new Reply(uploadError(400, "Failed to parse tags query parameter. Expected JSON object with string keys and values"));
   };
@@ -566,11 +561,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
   async function readBody(req: Request, record: RecordedRequest): Promise<Json> {
     record.body = await req.text();
     if (record.body.trim() === "") return {}; // grpc-gateway treats an empty body as an empty message
-    const body = (() => {
-      try {
-        return JSON.parse(record.body);
-      } catch {}
-    })();
+    const body = tryJson(record.body);
     if (isObject(body)) return body;
     throw new UserError(3, "proto: syntax error (line 1:1): unexpected token", "", true);
   }
@@ -750,14 +741,8 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
 
   function faultResponse(fault: Fault, isUpload: boolean): Response {
     if (fault.body !== undefined) {
-      const isJson = (() => {
-        try {
-          return JSON.parse(fault.body!), true;
-        } catch {
-          return false;
-        }
-      })();
-      return new Response(fault.body, { status: fault.status, headers: { "content-type": isJson ? "application/json" : "text/plain; charset=utf-8" } });
+      const type = tryJson(fault.body) === undefined ? "text/plain; charset=utf-8" : "application/json";
+      return new Response(fault.body, { status: fault.status, headers: { "content-type": type } });
     }
     const text = STATUS_CODES[fault.status] ?? `HTTP ${fault.status}`;
     if (isUpload) return uploadError(fault.status, text, false);
