@@ -1065,6 +1065,8 @@ export interface UploadContext {
   dryRun: boolean;
   uiUrl: string;
   describe: (spec: CompiledSpec, fingerprint: string) => string;
+  /** Labels for pipelines and versions; only servers from 2.17 on know the `tags` parameter. */
+  tags?: Record<string, string>;
 }
 
 type UploadPlan =
@@ -1099,6 +1101,10 @@ async function planUpload(ctx: UploadContext, name: string, fingerprint: string)
   return { kind: "version", pipeline };
 }
 
+function tagsOf(ctx: UploadContext): string | undefined {
+  return ctx.tags ? JSON.stringify(ctx.tags) : undefined;
+}
+
 function linkTo(ctx: UploadContext, pipelineId?: string, versionId?: string): string | undefined {
   if (!pipelineId) return undefined;
   return versionId ? `${ctx.uiUrl}/#/pipelines/details/${pipelineId}/version/${versionId}` : `${ctx.uiUrl}/#/pipelines/details/${pipelineId}`;
@@ -1126,7 +1132,7 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
   }
 
   if (plan.kind === "create") {
-    const query = { name, display_name: name, description: spec.description ?? description, namespace: ctx.namespace };
+    const query = { name, display_name: name, description: [spec.description, description].filter(Boolean).join("\n\n"), namespace: ctx.namespace, tags: tagsOf(ctx) };
     try {
       const created = await ctx.api.write<KfpPipeline>(`create pipeline ${name}`, "/pipelines/upload", query, file);
       return done("created", created, await latestVersion(ctx, created).catch(() => undefined));
@@ -1147,7 +1153,7 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
   if (plan.kind === "unchanged") return done("unchanged", plan.pipeline, plan.version);
 
   const pipeline = plan.pipeline;
-  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description };
+  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description, tags: tagsOf(ctx) };
   const what = `add version ${ctx.versionTag} to ${name}`;
   try {
     return done("versioned", pipeline, await ctx.api.write<KfpPipelineVersion>(what, "/pipelines/upload_version", query, file));
@@ -1486,6 +1492,7 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
         force: cfg.force,
         dryRun: cfg.dryRun,
         uiUrl: cfg.uiUrl ?? cfg.host,
+        tags: olderThan(server.version, "2.17.0") || !server.version ? undefined : { "synced-by": "kfp-sync", ...(cfg.commit ? { commit: cfg.commit } : {}) },
         describe: (spec, fingerprint) =>
           [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${fingerprint}`]
             .filter(Boolean)

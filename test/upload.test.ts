@@ -73,6 +73,8 @@ describe("upload", () => {
     expect(upload.query.description).toContain("commit fedcba9876543210fedcba9876543210fedcba98");
     expect(upload.query.description).toContain("run https://gitea.example/t/p/actions/runs/7");
     expect(upload.query.description).toMatch(/kfp-sync spec sha256:[0-9a-f]{64}/);
+    expect(JSON.parse(upload.query.tags!)).toEqual({ "synced-by": "kfp-sync", commit: "fedcba9876543210fedcba9876543210fedcba98" });
+    expect(server.state().versions.find((v) => v.name === "v20260213-150000")!.tags).toEqual({ "synced-by": "kfp-sync", commit: "fedcba9876543210fedcba9876543210fedcba98" });
 
     // --force: a new version of everything, even unchanged ones.
     const forced = await sync(dir, server, ["--force", "--version-tag", "v20260213-160000"]);
@@ -114,6 +116,19 @@ describe("upload", () => {
       texts.add(fs.readFileSync(path.join(dir, ".out/dict_default_pipeline.yaml"), "utf8"));
     }
     expect(writes(server).length).toBe(1);
+  });
+
+  test("a server older than the SDK: a warning, and no tags parameter (it predates 2.17)", async () => {
+    const old = await startKfpServer({ version: "2.16.0" });
+    try {
+      const r = await sync(examplesCopy(), old, ["evaluation_pipeline.py"]);
+      expect(r.code).toBe(0);
+      expect(r.stderr).toContain("the server (2.16.0) is older than the kfp SDK that compiled (2.17.3)");
+      expect(r.json().server.version).toBe("2.16.0");
+      expect(writes(old)[0]!.query.tags).toBeUndefined();
+    } finally {
+      await old.stop();
+    }
   });
 
   test("--name-from file names pipelines after their files", async () => {
