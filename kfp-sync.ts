@@ -250,25 +250,39 @@ export function versionTagFor(now: Date): string {
 
 /**
  * The link to this CI run. Gitea ≤ 1.25 and Forgejo link runs by number, GitHub and Gitea ≥ 1.26
- * by id; Gitea's GITHUB_SERVER_URL ends with a slash.
+ * by id; Gitea's GITHUB_SERVER_URL ends with a slash. `giteaVersion` is the Gitea server's.
  */
-export function runUrlFrom(env: Env): string | undefined {
+export function runUrlFrom(env: Env, giteaVersion?: string): string | undefined {
   if (env.KFP_SYNC_RUN_URL) return env.KFP_SYNC_RUN_URL;
   const server = env.GITHUB_SERVER_URL?.replace(/\/+$/, "");
   const repo = env.GITHUB_REPOSITORY;
   if (!server || !repo) return undefined;
   const forgejo = truthy(env.FORGEJO_ACTIONS);
-  const gitea = truthy(env.GITEA_ACTIONS) || forgejo;
-  const giteaVersion = env.GITEA_ACTIONS_RUNNER_VERSION ?? "";
-  const byNumber = forgejo || (gitea && !giteaAtLeast(env.GITEA_VERSION ?? giteaVersion, 1, 26));
+  const gitea = truthy(env.GITEA_ACTIONS) && !forgejo;
+  const byNumber = forgejo || (gitea && !atLeast(giteaVersion, 1, 26));
   const run = byNumber ? (env.GITHUB_RUN_NUMBER ?? env.GITHUB_RUN_ID) : (env.GITHUB_RUN_ID ?? env.GITHUB_RUN_NUMBER);
   return run ? `${server}/${repo}/actions/runs/${run}` : undefined;
 }
 
-function giteaAtLeast(version: string, major: number, minor: number): boolean {
-  const m = /(\d+)\.(\d+)/.exec(version);
+function atLeast(version: string | undefined, major: number, minor: number): boolean {
+  const m = /(\d+)\.(\d+)/.exec(version ?? "");
   if (!m) return false;
   return Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor);
+}
+
+/**
+ * Gitea's version decides the run link's shape; the job's environment does not carry it, so ask
+ * the server's public /api/v1/version (KFP_SYNC_GITEA_VERSION skips the call). Unknown → ≤ 1.25.
+ */
+async function giteaVersionOf(env: Env): Promise<string | undefined> {
+  if (env.KFP_SYNC_GITEA_VERSION) return env.KFP_SYNC_GITEA_VERSION;
+  if (!truthy(env.GITEA_ACTIONS) || truthy(env.FORGEJO_ACTIONS) || !env.GITHUB_SERVER_URL || env.KFP_SYNC_RUN_URL) return undefined;
+  try {
+    const body = await ofetch<{ version?: string }>(`${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`, { retry: false, signal: AbortSignal.timeout(2000) });
+    return body.version;
+  } catch {
+    return undefined;
+  }
 }
 
 function gitCommit(env: Env, cwd: string): string | undefined {
@@ -394,7 +408,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     httpTimeoutMs: positiveInt(flag("http-timeout") ?? env.KFP_SYNC_HTTP_TIMEOUT, 30, "--http-timeout") * 1000,
     retries: positiveInt(flag("retries") ?? env.KFP_SYNC_RETRIES, 4, "--retries"),
     ntfy: ntfyUrl ? { url: ntfyUrl, token: ntfyToken, required: bool("ntfy-required", "NTFY_REQUIRED") } : undefined,
-    runUrl: flag("run-url") ?? runUrlFrom(env),
+    runUrl: flag("run-url"),
     commit: gitCommit(env, cwd),
     verbose: parsed.verbose === true,
     secrets: secrets.filter((s): s is string => typeof s === "string" && s.length >= 4),
@@ -1580,6 +1594,7 @@ const command = defineCommand({
   async run({ args: parsed, rawArgs }) {
     const env = process.env as Env;
     const cfg = resolveConfig(parsed, rawArgs, env, process.cwd(), new Date());
+    cfg.runUrl ??= runUrlFrom(env, await giteaVersionOf(env));
     const secrets = cfg.secrets;
     const log = createLog(cfg.verbose, () => secrets);
 
