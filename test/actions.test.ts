@@ -1,0 +1,122 @@
+/** Stage 5, report: what a Gitea/GitHub Actions runner gets — outputs, step summary, annotations, run link. */
+import { describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { runUrlFrom } from "../kfp-sync.ts";
+import { examplesCopy, run, scratch } from "./helpers";
+import { startKfpServer } from "./kfp-server";
+
+/** Parse GITHUB_OUTPUT the way the runner does: `name=value` lines and `name<<DELIM` blocks. */
+function parseOutputs(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (line === "") continue;
+    const heredoc = /^([^=<]+)<<(.+)$/.exec(line);
+    if (heredoc) {
+      const end = lines.indexOf(heredoc[2]!, i + 1);
+      expect(end).toBeGreaterThan(i);
+      out.set(heredoc[1]!, lines.slice(i + 1, end).join("\n"));
+      i = end;
+    } else {
+      const eq = line.indexOf("=");
+      out.set(line.slice(0, eq), line.slice(eq + 1));
+    }
+  }
+  return out;
+}
+
+describe("actions integration", () => {
+  test("GITHUB_OUTPUT: exact names and values, multi-line values as name<<DELIMITER, UTF-8 without BOM", async () => {
+    const server = await startKfpServer();
+    try {
+      const dir = examplesCopy();
+      fs.writeFileSync(path.join(dir, "broken_pipeline.py"), "def x(:\n");
+      fs.writeFileSync(path.join(dir, "also_broken_pipeline.py"), "import nope_nope\n");
+      const outputs = path.join(scratch(), "output");
+      fs.writeFileSync(outputs, "earlier=kept\n");
+      const r = await run(["--host", server.url, "--out-dir", scratch(), "--version-tag", "v20260213-143022"], { cwd: dir, env: { GITHUB_OUTPUT: outputs } });
+      expect(r.code).toBe(1);
+      const raw = fs.readFileSync(outputs);
+      expect(raw[0]).not.toBe(0xef); // no BOM
+      const text = raw.toString("utf8");
+      expect(text.startsWith("earlier=kept\n")).toBe(true); // appended, not overwritten
+      const o = parseOutputs(text);
+      expect([...o.keys()]).toEqual(["earlier", "compiled", "uploaded", "unchanged", "failed", "version", "failed_pipelines", "summary_json"]);
+      expect(o.get("compiled")).toBe("6");
+      expect(o.get("uploaded")).toBe("6");
+      expect(o.get("unchanged")).toBe("0");
+      expect(o.get("failed")).toBe("2");
+      expect(o.get("version")).toBe("v20260213-143022");
+      expect(o.get("failed_pipelines")).toBe("also_broken_pipeline.py\nbroken_pipeline.py");
+      expect(text).toMatch(/^failed_pipelines<<ghadelimiter_[0-9a-f-]{36}$/m);
+      expect(JSON.parse(o.get("summary_json")!)).toEqual(r.json());
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("GITEA_OUTPUT is honoured when GITHUB_OUTPUT is not set", async () => {
+    const outputs = path.join(scratch(), "output");
+    const r = await run(["--dry-run", "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { GITEA_OUTPUT: outputs } });
+    expect(r.code).toBe(0);
+    expect(parseOutputs(fs.readFileSync(outputs, "utf8")).get("compiled")).toBe("1");
+  });
+
+  test("step summary: a Markdown table in GITHUB_STEP_SUMMARY, also printed to the log", async () => {
+    const dir = examplesCopy();
+    fs.writeFileSync(path.join(dir, "broken_pipeline.py"), "\n\ndef x(:\n");
+    const summaryFile = path.join(scratch(), "summary.md");
+    const r = await run(["--dry-run", "--out-dir", scratch(), "--version-tag", "v20260213-143022"], { cwd: dir, env: { GITHUB_STEP_SUMMARY: summaryFile } });
+    expect(r.code).toBe(1);
+    const md = fs.readFileSync(summaryFile, "utf8");
+    expect(md).toContain("### kfp-sync (dry run) — ❌ 6/7 compiled, 0 uploaded, 0 unchanged, 1 failed");
+    expect(md).toContain("| pipeline | file | result | version | error |");
+    expect(md).toContain("| model-evaluation | `evaluation_pipeline.py` | compiled |");
+    expect(md).toMatch(/\| {2}\| `broken_pipeline\.py` \| ❌ compile failed \| {2}\| line 3: SyntaxError/);
+    expect(md.split("\n").filter((l) => l.startsWith("| ")).length).toBe(1 + 7);
+    expect(r.stderr).toContain("| pipeline | file | result | version | error |"); // Gitea < 1.27 ignores the file
+  });
+
+  test("::error annotations on GitHub only, never on Gitea or Forgejo", async () => {
+    const dir = scratch({ "broken_pipeline.py": "x = 1\n\ndef y(:\n" });
+    const github = await run(["--dry-run"], { cwd: dir, env: { GITHUB_ACTIONS: "true" } });
+    expect(github.stderr).toContain("::error file=broken_pipeline.py,line=3,title=kfp-sync compile::SyntaxError");
+    const gitea = await run(["--dry-run"], { cwd: dir, env: { GITHUB_ACTIONS: "true", GITEA_ACTIONS: "true" } });
+    expect(gitea.stderr).not.toContain("::error");
+    const forgejo = await run(["--dry-run"], { cwd: dir, env: { GITHUB_ACTIONS: "true", FORGEJO_ACTIONS: "true" } });
+    expect(forgejo.stderr).not.toContain("::error");
+    for (const r of [github, gitea, forgejo]) expect(r.stdout).not.toContain("::error");
+  });
+
+  test("the run link: Gitea ≤ 1.25 and Forgejo by number, GitHub and Gitea ≥ 1.26 by id; the Gitea version is asked of the server", async () => {
+    const base = { GITHUB_SERVER_URL: "https://git.example/", GITHUB_REPOSITORY: "ml/pipes", GITHUB_RUN_NUMBER: "17", GITHUB_RUN_ID: "4711" };
+    expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true" }, "1.25.4")).toBe("https://git.example/ml/pipes/actions/runs/17");
+    expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true" }, "1.26.0")).toBe("https://git.example/ml/pipes/actions/runs/4711");
+    expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true" }, undefined)).toBe("https://git.example/ml/pipes/actions/runs/17");
+    expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true", FORGEJO_ACTIONS: "true" }, "11.0")).toBe("https://git.example/ml/pipes/actions/runs/17");
+    expect(runUrlFrom({ ...base, GITHUB_SERVER_URL: "https://github.com" })).toBe("https://github.com/ml/pipes/actions/runs/4711");
+    expect(runUrlFrom({ ...base, KFP_SYNC_RUN_URL: "https://ci.example/x" })).toBe("https://ci.example/x");
+    expect(runUrlFrom({})).toBeUndefined();
+
+    // Through the binary, with a Gitea that answers /api/v1/version.
+    for (const [version, expected] of [
+      ["1.26.1", "4711"],
+      ["1.24.0", "17"],
+    ] as const) {
+      const gitea = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: (req) => (new URL(req.url).pathname === "/api/v1/version" ? Response.json({ version }) : new Response("no", { status: 404 })) });
+      try {
+        const r = await run(["--dry-run", "--out-dir", scratch(), "evaluation_pipeline.py"], {
+          cwd: examplesCopy(),
+          env: { ...base, GITHUB_SERVER_URL: `http://127.0.0.1:${gitea.port}/`, GITEA_ACTIONS: "true" },
+        });
+        expect(r.json().runUrl).toBe(`http://127.0.0.1:${gitea.port}/ml/pipes/actions/runs/${expected}`);
+      } finally {
+        gitea.stop(true);
+      }
+    }
+    const flag = await run(["--dry-run", "--out-dir", scratch(), "--run-url", "https://ci.example/run/1", "evaluation_pipeline.py"], { cwd: examplesCopy(), env: base });
+    expect(flag.json().runUrl).toBe("https://ci.example/run/1");
+  });
+});
