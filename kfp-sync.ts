@@ -934,8 +934,9 @@ function toKfpError(error: unknown, what: string, host: string, timeoutMs: numbe
     const hint = STATUS_HINTS[status] ?? (status >= 500 ? STATUS_HINTS[500] : "");
     return new KfpError(`${what}: HTTP ${status}${detail ? ` — ${detail}` : ""}${hint ? ` (${hint})` : ""}`, status, false, { cause: error });
   }
-  const cause = (fe.cause ?? fe) as { code?: string; name?: string; message?: string };
-  const code = cause.code ?? cause.name ?? "";
+  const cause = (fe.cause ?? fe) as { code?: string | number; name?: string; message?: string };
+  // An AbortSignal timeout is a DOMException named TimeoutError whose numeric code says nothing.
+  const code = typeof cause.code === "string" ? cause.code : (cause.name ?? "");
   const reason = /TimeoutError|ETIMEDOUT/.test(code)
     ? `no answer within ${timeoutMs / 1000} s`
     : /ECONNREFUSED|ConnectionRefused/.test(code)

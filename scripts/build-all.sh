@@ -19,7 +19,8 @@ BUN=node_modules/.bin/bun
 CACHE=node_modules/.cache/kfp-sync-runtimes
 ALL=(linux-x64 linux-x64-musl linux-arm64)
 declare -A BUN_TARGET=([linux-x64]=bun-linux-x64 [linux-x64-musl]=bun-linux-x64-musl [linux-arm64]=bun-linux-arm64)
-# Bun's npm packages name arm64 "aarch64".
+# Bun's npm packages name arm64 "aarch64". The musl binary links libstdc++ dynamically: on Alpine,
+# apk add libstdc++.
 declare -A RUNTIME_PACKAGE=([linux-x64]=@oven/bun-linux-x64 [linux-x64-musl]=@oven/bun-linux-x64-musl [linux-arm64]=@oven/bun-linux-aarch64)
 
 strict=false
@@ -66,7 +67,7 @@ runtime_for() {
   if [ ! -x "$dir/bin/bun" ]; then
     tmp=$(mktemp -d)
     say "fetching $package@$version (npm pack)"
-    if ! tgz=$(npm pack --silent --pack-destination "$tmp" "$package@$version" 2>"$tmp/npm.log"); then
+    if ! tgz=$(npm pack --loglevel=error --pack-destination "$tmp" "$package@$version" 2>"$tmp/npm.log"); then
       say "npm pack $package@$version failed:"
       sed 's/^/    /' "$tmp/npm.log" >&2
       rm -rf "$tmp"
@@ -133,8 +134,9 @@ for name in ${built[@]+"${built[@]}"}; do
   fi
 done
 
-if [ ${#built[@]} -gt 0 ]; then
-  (cd dist && sha256sum "${built[@]/#/kfp-sync-}" >SHA256SUMS)
+# Over every binary in dist/, so building one target leaves the others' sums in place.
+if compgen -G "dist/kfp-sync-linux-*" >/dev/null; then
+  (cd dist && sha256sum kfp-sync-linux-* >SHA256SUMS)
   echo "dist/SHA256SUMS written"
 fi
 
