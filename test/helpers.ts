@@ -71,3 +71,18 @@ export async function kfpDslCompile(file: string, extra: string[] = []): Promise
   const code = await proc.exited;
   return { code, yaml: fs.existsSync(out) ? fs.readFileSync(out, "utf8") : undefined, stderr };
 }
+
+/** Processes whose working directory is `dir`: what a run in `dir` may have left behind. */
+export function processesIn(dir: string): number[] {
+  const real = fs.realpathSync(dir);
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (fs.readlinkSync(`/proc/${entry}/cwd`) === real) pids.push(Number(entry));
+    } catch {
+      // gone, or not ours to look at
+    }
+  }
+  return pids;
+}
