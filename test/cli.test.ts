@@ -2,6 +2,7 @@
 import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { args } from "../kfp-sync.ts";
 import pkg from "../package.json";
 import { BIN, EXAMPLES, ROOT, run, scratch } from "./helpers";
 
@@ -77,6 +78,16 @@ describe("cli", () => {
     };
     walk(s);
     for (const k of keys) expect(readme, `README documents "${k}"`).toContain(`"${k}"`);
+  });
+
+  test("the README lists every flag with its environment variable", async () => {
+    const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
+    for (const [name, def] of Object.entries(args)) {
+      if (def.type === "positional") continue;
+      expect(readme, name).toContain(`\`--${name}`);
+      const env = /\(env ([A-Z_]+)/.exec(def.description)?.[1];
+      if (env) expect(readme, env).toContain(`\`${env}\``);
+    }
   });
 
   test("compiled YAML goes to .kfp-sync/ by default and never over a source file", async () => {
