@@ -388,7 +388,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   return {
     cwd,
     paths: positional,
-    patterns: listFrom(repeatedFlag(rawArgs, "pattern"), env.KFP_SYNC_PATTERN).concat([]).filter(Boolean),
+    patterns: listFrom(repeatedFlag(rawArgs, "pattern"), env.KFP_SYNC_PATTERN),
     excludes: listFrom(repeatedFlag(rawArgs, "exclude"), env.KFP_SYNC_EXCLUDE),
     maxDepth: positiveInt(flag("max-depth") ?? env.KFP_SYNC_MAX_DEPTH, 1, "--max-depth"),
     functions,
@@ -1466,16 +1466,28 @@ export interface RunState {
 /** The whole job: find → compile → upload → notify. Returns the summary; never throws for one pipeline's failure. */
 export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Promise<Summary> {
   const started = performance.now();
-  const reports = new Map<string, PipelineReport>();
+  const reports = new Map<string, PipelineReport>(); // by file; each stage fills in its part
+  const files = findStage(cfg, log, reports);
+  const compiled = await compileStage(files, cfg, log, reports);
+  const server = await uploadStage(compiled, cfg, log, reports, state);
+  const summary = summarize(cfg, compiled.kfp, server, reports, state);
+  await notifyStage(summary, cfg, env, log);
+  summary.durationMs = Math.round(performance.now() - started);
+  return summary;
+}
 
-  // 1. Find
+function findStage(cfg: Config, log: Log, reports: Map<string, PipelineReport>): PipelineFile[] {
   const found = discover(cfg);
-  for (const p of found.problems) log.error(`${p.file}: ${p.message}`);
+  for (const p of found.problems) {
+    log.error(`${p.file}: ${p.message}`);
+    reports.set(p.file!, { file: p.file!, status: "failed", error: p, timings: {} });
+  }
   log.info(`found ${found.files.length} pipeline file${found.files.length === 1 ? "" : "s"}${found.problems.length ? `, ${found.problems.length} unreadable` : ""}`);
-  for (const p of found.problems) reports.set(p.file!, { file: p.file!, status: "failed", error: p, timings: {} });
+  return found.files;
+}
 
-  // 2. Compile
-  const compiled = await compileAll(found.files, cfg, (r) => {
+async function compileStage(files: PipelineFile[], cfg: Config, log: Log, reports: Map<string, PipelineReport>): Promise<CompileRun> {
+  const compiled = await compileAll(files, cfg, (r) => {
     if (r.ok) log.success(`${r.file.path} → ${r.irName} (${Math.round(r.ms)} ms)`);
     else log.error(`${r.problem.file}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.problem.message}`);
   });
@@ -1487,67 +1499,62 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
         : { file: r.file.path, status: "failed", error: r.problem, timings: { compileMs: r.ms } },
     );
   }
+  return compiled;
+}
 
-  // 3. Upload
-  let server: Summary["server"];
+async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports: Map<string, PipelineReport>, state: RunState): Promise<Summary["server"]> {
   const specs = compiled.results.filter((r): r is Extract<CompileResult, { ok: true }> => r.ok);
-  if (cfg.host && specs.length > 0 && !state.stopped) {
-    const api = kfpClient(cfg, log);
-    server = { host: cfg.host };
-    try {
-      Object.assign(server, await preflight(api, cfg.namespace));
-      log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? "multi-user" : "single-user"}`);
-      if (olderThan(server.version, compiled.kfp?.sdk)) {
-        log.warn(`the server (${server.version}) is older than the kfp SDK that compiled (${compiled.kfp?.sdk}); it may reject newer IR (kubeflow/pipelines#8682)`);
-      }
-      const ctx: UploadContext = {
-        api,
-        namespace: cfg.namespace,
-        versionTag: cfg.versionTag,
-        force: cfg.force,
-        dryRun: cfg.dryRun,
-        uiUrl: cfg.uiUrl ?? cfg.host,
-        tags: olderThan(server.version, "2.17.0") || !server.version ? undefined : { "synced-by": "kfp-sync", ...(cfg.commit ? { commit: cfg.commit } : {}) },
-        describe: (spec, fingerprint) =>
-          [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${fingerprint}`]
-            .filter(Boolean)
-            .join(" · "),
-      };
-      const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? nameFromFile(spec.file.path) : spec.irName }));
-      await uploadAll(ctx, named, 4, (spec, outcome, ms) => {
-        const report = reports.get(spec.file.path)!;
-        Object.assign(report, {
-          name: outcome.pipelineName,
-          action: outcome.action,
-          plan: outcome.plan,
-          pipelineId: outcome.pipelineId,
-          versionId: outcome.versionId,
-          versionName: outcome.versionName,
-          url: outcome.url,
-          error: outcome.problem,
-        });
-        report.timings.uploadMs = Math.round(ms);
-        if (outcome.problem) log.error(`${outcome.pipelineName}: ${outcome.problem.message}`);
-        else log.success(`${outcome.pipelineName}: ${outcome.plan ?? outcome.action}${outcome.versionName ? ` (${outcome.versionName})` : ""}`);
-      }, () => state.stopped);
-    } catch (error) {
-      if (error instanceof UsageError) throw error;
-      // The server is unreachable or refuses us: every pipeline fails the same way, say it once.
-      const message = (error as Error).message;
-      log.error(message);
-      for (const spec of specs) {
-        Object.assign(reports.get(spec.file.path)!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
-      }
-    }
-  } else if (!cfg.host && specs.length > 0) {
-    log.info("dry run without --host/KFP_HOST: nothing was compared with a server");
+  if (!cfg.host) {
+    if (specs.length > 0) log.info("dry run without --host/KFP_HOST: nothing was compared with a server");
+    return undefined;
   }
+  if (specs.length === 0 || state.stopped) return undefined;
+  const api = kfpClient(cfg, log);
+  const server: NonNullable<Summary["server"]> = { host: cfg.host };
+  try {
+    Object.assign(server, await preflight(api, cfg.namespace));
+  } catch (error) {
+    if (error instanceof UsageError) throw error;
+    // The server is unreachable or refuses us: every pipeline fails the same way, say it once.
+    const message = (error as Error).message;
+    log.error(message);
+    for (const spec of specs) Object.assign(reports.get(spec.file.path)!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
+    return server;
+  }
+  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? "multi-user" : "single-user"}`);
+  if (olderThan(server.version, compiled.kfp?.sdk)) {
+    log.warn(`the server (${server.version}) is older than the kfp SDK that compiled (${compiled.kfp?.sdk}); it may reject newer IR (kubeflow/pipelines#8682)`);
+  }
+  const ctx: UploadContext = {
+    api,
+    namespace: cfg.namespace,
+    versionTag: cfg.versionTag,
+    force: cfg.force,
+    dryRun: cfg.dryRun,
+    uiUrl: cfg.uiUrl ?? cfg.host,
+    tags: !server.version || olderThan(server.version, "2.17.0") ? undefined : { "synced-by": "kfp-sync", ...(cfg.commit ? { commit: cfg.commit } : {}) },
+    describe: (spec, fingerprint) =>
+      [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${fingerprint}`].filter(Boolean).join(" · "),
+  };
+  const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? nameFromFile(spec.file.path) : spec.irName }));
+  const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
+    const report = reports.get(spec.file.path)!;
+    const { pipelineName: name, action, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
+    Object.assign(report, { name, action, plan, pipelineId, versionId, versionName, url, error });
+    report.timings.uploadMs = Math.round(ms);
+    if (error) log.error(`${name}: ${error.message}`);
+    else log.success(`${name}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
+  };
+  await uploadAll(ctx, named, 4, record, () => state.stopped);
+  return server;
+}
 
+function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"], reports: Map<string, PipelineReport>, state: RunState): Summary {
   const pipelines = [...reports.values()].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
-  const summary: Summary = {
+  return {
     schemaVersion: SUMMARY_SCHEMA_VERSION,
     tool: { name: "kfp-sync", version: VERSION },
-    kfp: compiled.kfp,
+    kfp,
     server,
     dryRun: cfg.dryRun,
     versionTag: cfg.versionTag,
@@ -1559,26 +1566,24 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
     interrupted: state.signal,
     durationMs: 0,
   };
+}
 
-  // 4. Notify
-  if (cfg.ntfy) {
-    const note = buildNotification(summary, ntfyTarget(cfg.ntfy.url).topic, env.GITHUB_REPOSITORY, server ? cfg.uiUrl : undefined);
-    if (cfg.dryRun) {
-      log.info(`dry run: would notify ${cfg.ntfy.url}:\n${JSON.stringify(note, null, 2)}`);
-    } else {
-      try {
-        await publish(cfg.ntfy, note, cfg.httpTimeoutMs);
-        log.success(`notified ${cfg.ntfy.url}`);
-      } catch (error) {
-        const problem: Problem = { stage: "notify", message: (error as Error).message, hint: cfg.ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
-        summary.problems.push(problem);
-        if (cfg.ntfy.required) log.error(problem.message);
-        else log.warn(`${problem.message} — the sync itself is unaffected`);
-      }
-    }
+async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log): Promise<void> {
+  if (!cfg.ntfy) return;
+  const note = buildNotification(summary, ntfyTarget(cfg.ntfy.url).topic, env.GITHUB_REPOSITORY, summary.server ? cfg.uiUrl : undefined);
+  if (cfg.dryRun) {
+    log.info(`dry run: would notify ${cfg.ntfy.url}:\n${JSON.stringify(note, null, 2)}`);
+    return;
   }
-  summary.durationMs = Math.round(performance.now() - started);
-  return summary;
+  try {
+    await publish(cfg.ntfy, note, cfg.httpTimeoutMs);
+    log.success(`notified ${cfg.ntfy.url}`);
+  } catch (error) {
+    const problem: Problem = { stage: "notify", message: (error as Error).message, hint: cfg.ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
+    summary.problems.push(problem);
+    if (cfg.ntfy.required) log.error(problem.message);
+    else log.warn(`${problem.message} — the sync itself is unaffected`);
+  }
 }
 
 /** 0 all good, 1 something failed, 2 usage (raised before), 130/143 interrupted. */

@@ -71,8 +71,11 @@ export function markdownTable(header: string[], rows: (string | number)[][]): st
   return [line(header), line(header.map(() => "---")), ...rows.map(line)].join("\n");
 }
 
-/** Versions for the record: kfp that compiles, Bun that runs the bench, cores it had. */
+/** How busy the machine was before the bench added its own load (other processes skew the figures). */
+const LOAD_BEFORE = os.loadavg()[0] ?? 0;
+
+/** For the record: kfp that compiles, Bun that runs the bench, the cores and how busy they were. */
 export async function versions(): Promise<string> {
   const kfp = (await exec([PYTHON, "-c", "import kfp; print(kfp.__version__)"])).stdout.trim();
-  return `kfp ${kfp} · bun ${Bun.version} · kfp-sync ${(await exec([BIN, "--version"])).stdout.trim()} · ${os.availableParallelism()} cores · ${new Date().toISOString().slice(0, 10)}`;
+  return `kfp ${kfp} · bun ${Bun.version} · kfp-sync ${(await exec([BIN, "--version"])).stdout.trim()} · ${os.availableParallelism()} cores, load ${LOAD_BEFORE.toFixed(1)} before the run · ${new Date().toISOString().slice(0, 10)}`;
 }
