@@ -260,7 +260,8 @@ describe("signals", () => {
   });
 
   test("SIGTERM during upload: the write in flight finishes, the rest is reported as not uploaded, exit 143", async () => {
-    proxy.add({ method: "POST", path: UPLOAD, times: 1, fault: { kind: "stall", ms: 1500 } });
+    // Every upload takes 1.5 s, so the signal surely lands while the first four are in flight.
+    proxy.add({ method: "POST", path: UPLOAD, fault: { kind: "stall", ms: 1500 } });
     const dir = examplesCopy();
     const r = await startAndSignal(["--host", proxy.url, "--out-dir", scratch()], dir, /KFP server/, "SIGTERM");
     expect(r.code).toBe(143);
