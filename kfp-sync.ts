@@ -569,8 +569,9 @@ emit(event="ready", kfp=kfp.__version__, python=sys.version.split()[0])
 
 # Warm what every compile would otherwise import on its own, then keep the garbage collector off
 # the inherited objects so forked children share the parent's pages instead of copying them.
-import gc
+import gc, inspect
 import google.protobuf.descriptor_pb2  # noqa: F401  (imported lazily by the first compile)
+inspect.stack()  # kfp calls it on set_cpu_limit & co.; the first call per process stats every module
 gc.freeze()
 
 # Frames in these folders are Python's or kfp's, not the user's: an error points at the user's line.

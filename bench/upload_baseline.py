@@ -10,13 +10,7 @@ import argparse
 import sys
 
 import kfp
-import kfp.client.client
 import yaml
-
-# get_pipeline_id sends the filter's operation as the enum number ("operation": 1). A real KFP server
-# accepts numbers and names alike (proto3 JSON mapping); test/kfp-server.ts accepts only names and
-# answers 400 "invalid predicate operation: 1". Send the name, which both accept, until the fake is fixed.
-kfp.client.client._FILTER_OPERATIONS = {op: op for op in kfp.client.client._FILTER_OPERATIONS}
 
 
 def main() -> None:

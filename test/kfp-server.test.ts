@@ -316,3 +316,14 @@ describe("command line", () => {
     }
   });
 });
+
+test("a filter operation sent as its enum number (as kfp.Client does) is accepted", async () => {
+  const server = await startKfpServer();
+  try {
+    const filter = JSON.stringify({ predicates: [{ operation: 1, key: "display_name", stringValue: "nothing-here" }] });
+    const res = await fetch(`${server.url}/apis/v2beta1/pipelines?filter=${encodeURIComponent(filter)}`);
+    expect(res.status).toBe(200);
+  } finally {
+    await server.stop();
+  }
+});

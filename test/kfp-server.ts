@@ -249,6 +249,7 @@ const VERSION_FIELDS: Record<string, FieldGetter<VersionRow>> = {
   created_at: (r) => r.createdMs, status: () => "READY", description: (r) => r.description, pipeline_spec: (r) => r.specYaml,
 };
 const OPERATIONS = new Set(["EQUALS", "NOT_EQUALS", "GREATER_THAN", "GREATER_THAN_EQUALS", "LESS_THAN", "LESS_THAN_EQUALS", "IN", "IS_SUBSTRING"]);
+const OPERATION_NUMBERS: Record<number, string> = { 0: "OPERATION_UNSPECIFIED", 1: "EQUALS", 2: "NOT_EQUALS", 3: "GREATER_THAN", 5: "GREATER_THAN_EQUALS", 6: "LESS_THAN", 7: "LESS_THAN_EQUALS", 8: "IN", 9: "IS_SUBSTRING" };
 const VALUE_FIELDS = new Set(["int_value", "long_value", "string_value", "timestamp_value", "int_values", "long_values", "string_values"]);
 const protoName = (key: string) => key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
@@ -264,7 +265,8 @@ function parseFilter(raw: string, keys: string[]): Predicate[] {
     const unknown = Object.keys(p).find((k) => k !== "key" && k !== "operation" && !VALUE_FIELDS.has(protoName(k)));
     if (unknown) throw invalidInput(`failed to parse filter spec: proto: unknown field "${unknown}"`);
     const key = String(p.key ?? "");
-    const operation = String(p.operation ?? "OPERATION_UNSPECIFIED");
+    // protojson takes an enum by name or by number; kfp.Client sends numbers (EQUALS = 1).
+    const operation = typeof p.operation === "number" ? (OPERATION_NUMBERS[p.operation] ?? String(p.operation)) : String(p.operation ?? "OPERATION_UNSPECIFIED");
     const valueField = Object.keys(p).find((k) => VALUE_FIELDS.has(protoName(k)));
     if (!valueField) throw invalidInput(`no value set for predicate on key "${key}"`);
     const kind = protoName(valueField);
