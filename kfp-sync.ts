@@ -231,10 +231,10 @@ function listFrom(flagValues: string[], envValue: string | undefined): string[] 
   return values.map((v) => v.trim()).filter(Boolean);
 }
 
-function positiveInt(value: string | undefined, fallback: number, what: string): number {
+function wholeNumber(value: string | undefined, fallback: number, what: string, min = 0): number {
   if (value === undefined || value === "") return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError(`${what} must be a whole number, got "${value}"`);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`${what} must be a whole number${min > 0 ? ` of at least ${min}` : ""}, got "${value}"`);
   return n;
 }
 
@@ -374,7 +374,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
 
   const ntfyUrl = flag("ntfy-url") ?? env.NTFY_URL;
   const ntfyToken = flag("ntfy-token") ?? env.NTFY_TOKEN;
-  if (ntfyUrl) parseHost(ntfyUrl, "--ntfy-url/NTFY_URL");
+  if (ntfyUrl) ntfyTarget(parseHost(ntfyUrl, "--ntfy-url/NTFY_URL")); // checked now, not after the uploads
 
   const nameFrom = (flag("name-from") ?? env.KFP_SYNC_NAME_FROM ?? "ir") as Config["nameFrom"];
   if (nameFrom !== "ir" && nameFrom !== "file") throw new UsageError(`--name-from takes "ir" or "file", got "${nameFrom}"`);
@@ -382,21 +382,21 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   if (!NAME_RULE.test(versionTag) || versionTag.length > MAX_VERSION_NAME) {
     throw new UsageError(`version tag "${versionTag}" breaks the server's name rule ${NAME_RULE.source} (max ${MAX_VERSION_NAME})`);
   }
-  const jobs = positiveInt(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs");
-  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ntfyToken];
+  const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
+  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, env.KFP_COOKIE?.split("=").slice(1).join("="), ntfyToken];
 
   return {
     cwd,
     paths: positional,
     patterns: listFrom(repeatedFlag(rawArgs, "pattern"), env.KFP_SYNC_PATTERN),
     excludes: listFrom(repeatedFlag(rawArgs, "exclude"), env.KFP_SYNC_EXCLUDE),
-    maxDepth: positiveInt(flag("max-depth") ?? env.KFP_SYNC_MAX_DEPTH, 1, "--max-depth"),
+    maxDepth: wholeNumber(flag("max-depth") ?? env.KFP_SYNC_MAX_DEPTH, 1, "--max-depth"),
     functions,
     outDir: path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync"),
     python: flag("python") ?? env.KFP_SYNC_PYTHON ?? "python3",
     kfpVersion: flag("kfp-version") ?? env.KFP_SYNC_KFP_VERSION,
-    jobs: Math.max(1, jobs),
-    timeoutSec: positiveInt(flag("timeout") ?? env.KFP_SYNC_TIMEOUT, 120, "--timeout"),
+    jobs,
+    timeoutSec: wholeNumber(flag("timeout") ?? env.KFP_SYNC_TIMEOUT, 120, "--timeout", 1),
     dryRun,
     host,
     uiUrl: uiValue ? parseHost(uiValue, "--ui-url/KFP_UI_URL") : host,
@@ -405,8 +405,8 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     nameFrom,
     versionTag,
     force: bool("force", "KFP_SYNC_FORCE"),
-    httpTimeoutMs: positiveInt(flag("http-timeout") ?? env.KFP_SYNC_HTTP_TIMEOUT, 30, "--http-timeout") * 1000,
-    retries: positiveInt(flag("retries") ?? env.KFP_SYNC_RETRIES, 4, "--retries"),
+    httpTimeoutMs: wholeNumber(flag("http-timeout") ?? env.KFP_SYNC_HTTP_TIMEOUT, 30, "--http-timeout", 1) * 1000,
+    retries: wholeNumber(flag("retries") ?? env.KFP_SYNC_RETRIES, 4, "--retries"),
     ntfy: ntfyUrl ? { url: ntfyUrl, token: ntfyToken, required: bool("ntfy-required", "NTFY_REQUIRED") } : undefined,
     runUrl: flag("run-url"),
     commit: gitCommit(env, cwd),

@@ -24,6 +24,7 @@ describe("cli", () => {
     const cases: [string[], Record<string, string>, string][] = [
       [["--bogus"], {}, "unknown option --bogus"],
       [["--dry-run", "--jobs", "many"], {}, "--jobs must be a whole number"],
+      [["--dry-run", "--timeout", "0"], {}, "--timeout must be a whole number of at least 1"],
       [["--dry-run", "--host", "not a url"], {}, "is not a URL"],
       [["--dry-run", "--host", "ftp://x"], {}, "must start with http:// or https://"],
       [["--dry-run", "--name-from", "git"], {}, "Invalid value for argument"],
