@@ -1522,7 +1522,8 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     for (const spec of specs) Object.assign(reports.get(spec.file.path)!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
     return server;
   }
-  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? "multi-user" : "single-user"}`);
+  const auth = cfg.auth.kind === "none" ? "no credentials" : `${cfg.auth.kind} from ${cfg.auth.source}`;
+  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? "multi-user" : "single-user"}, ${auth}`);
   if (olderThan(server.version, compiled.kfp?.sdk)) {
     log.warn(`the server (${server.version}) is older than the kfp SDK that compiled (${compiled.kfp?.sdk}); it may reject newer IR (kubeflow/pipelines#8682)`);
   }

@@ -170,6 +170,7 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(ok.code).toBe(0);
       expect(server.requests.every((r) => r.headers.authorization === `Bearer ${TOKEN}`)).toBe(true);
       for (const text of [ok.stdout, ok.stderr]) expect(text).not.toContain(TOKEN);
+      expect(ok.stderr).toContain("token from --token/KFP_TOKEN"); // where it came from, never what it is
 
       const verbose = await sync(dir, server, ["--verbose", "--token", TOKEN, "--force", "evaluation_pipeline.py"]);
       expect(verbose.code).toBe(0);
@@ -182,6 +183,7 @@ describe("upload: auth, namespaces and server errors", () => {
       const fromFile = await sync(dir, server, ["evaluation_pipeline.py"], { KF_PIPELINES_SA_TOKEN_PATH: tokenFile });
       expect(fromFile.code).toBe(0);
       expect(fromFile.json().pipelines[0]!.action).toBe("unchanged");
+      expect(fromFile.stderr).toContain(`token from ${tokenFile}`);
 
       const wrong = await sync(dir, server, ["evaluation_pipeline.py"], { KFP_TOKEN: "wrong-token-value" });
       expect(wrong.code).toBe(1);
