@@ -1012,17 +1012,21 @@ export function kfpClient(
 // defaults dropped, and with a platform spec as {"pipeline_spec":…,"platform_spec":…}. So both
 // sides are brought to one canonical form before hashing; sdkVersion is dropped so that an SDK
 // patch bump alone is not a change.
-function canonical(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(canonical).filter((v) => v !== undefined);
+// Fields holding google.protobuf.Value/Struct data: the server keeps their zeros, so do we.
+const VALUE_FIELDS = new Set(["defaultValue", "constant", "constantValue", "config"]);
+
+function canonical(value: unknown, inValue = false): unknown {
+  if (Array.isArray(value)) return value.map((v) => canonical(v, inValue) ?? null); // an element is never dropped
   if (value && typeof value === "object") {
     const out: Record<string, unknown> = {};
     for (const key of Object.keys(value).sort()) {
-      const v = canonical((value as Record<string, unknown>)[key]);
+      const v = canonical((value as Record<string, unknown>)[key], inValue || VALUE_FIELDS.has(key));
       if (v !== undefined) out[key] = v;
     }
-    return Object.keys(out).length > 0 ? out : undefined;
+    return inValue || Object.keys(out).length > 0 ? out : undefined;
   }
-  // proto3 does not marshal default scalars, so they carry no meaning in a comparison.
+  // proto3 does not marshal a message field's default scalar; it means the same as no field.
+  if (inValue) return value;
   return value === null || value === false || value === 0 || value === "" ? undefined : value;
 }
 

@@ -302,3 +302,36 @@ describe("upload: auth, namespaces and server errors", () => {
     }
   });
 });
+
+describe("upload: what counts as a change", () => {
+  test("zeros, empty strings and list elements in defaults are real changes", async () => {
+    const server = await startKfpServer();
+    try {
+      const pipeline = (xs: string, flag: string) => `from typing import List
+from kfp import dsl
+
+@dsl.component(base_image="python:3.11-slim")
+def show(xs: List[int], flag: str) -> str:
+    return f"{xs} {flag}"
+
+@dsl.pipeline(name="zeros")
+def zeros(xs: List[int] = ${xs}, flag: str = ${flag}):
+    show(xs=xs, flag=flag)
+`;
+      const dir = scratch({ "zeros_pipeline.py": pipeline("[0, 1, 2]", '""') });
+      const steps: [string, string, string][] = [
+        ["[0, 1, 2]", '""', "created"],
+        ["[1, 2]", '""', "versioned"],
+        ["[1, 2]", '"x"', "versioned"],
+        ["[1, 2]", '"x"', "unchanged"],
+      ];
+      for (const [i, [xs, flag, action]] of steps.entries()) {
+        fs.writeFileSync(path.join(dir, "zeros_pipeline.py"), pipeline(xs, flag));
+        const r = await sync(dir, server, ["--version-tag", `v2026010${i}-000000`]);
+        expect(r.json().pipelines[0]!.action, `${xs} ${flag}`).toBe(action);
+      }
+    } finally {
+      await server.stop();
+    }
+  });
+});
