@@ -385,6 +385,9 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
   const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, env.KFP_COOKIE?.split("=").slice(1).join("="), ntfyToken];
 
+  const outDir = path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync");
+  if (fs.existsSync(outDir) && !fs.statSync(outDir).isDirectory()) throw new UsageError(`--out-dir ${outDir} is a file, not a folder`);
+
   return {
     cwd,
     paths: positional,
@@ -392,7 +395,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     excludes: listFrom(repeatedFlag(rawArgs, "exclude"), env.KFP_SYNC_EXCLUDE),
     maxDepth: wholeNumber(flag("max-depth") ?? env.KFP_SYNC_MAX_DEPTH, 1, "--max-depth"),
     functions,
-    outDir: path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync"),
+    outDir,
     python: flag("python") ?? env.KFP_SYNC_PYTHON ?? "python3",
     kfpVersion: flag("kfp-version") ?? env.KFP_SYNC_KFP_VERSION,
     jobs,
@@ -497,7 +500,15 @@ export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "exclu
         continue;
       }
       if (excluded(abs)) continue;
-      const stat = fs.statSync(abs, { throwIfNoEntry: false });
+      let stat: fs.Stats | undefined;
+      try {
+        stat = fs.statSync(abs, { throwIfNoEntry: false });
+      } catch (error) {
+        // ELOOP (a link to itself), EACCES, ...: a problem only for a name we were looking for.
+        const code = (error as NodeJS.ErrnoException).code;
+        if (patterns.some((g) => g.match(name))) problems.push({ stage: "discover", file: display(abs), message: code === "ELOOP" ? "symbolic link loop" : `cannot read: ${code}` });
+        continue;
+      }
       if (!stat) {
         if (patterns.some((g) => g.match(name))) problems.push({ stage: "discover", file: display(abs), message: "broken symbolic link" });
         continue;
@@ -589,6 +600,7 @@ def compile_one(job):
     os.setpgid(0, 0)  # so a timeout also ends whatever the file started
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.close(events.fileno())  # a process the file leaves behind must not hold kfp-sync's channel open
     log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -653,10 +665,18 @@ def main():
             pid = os.fork()
             if pid == 0:
                 compile_one(jobs[index])
+            try:
+                os.setpgid(pid, pid)  # also here: a kill may come before the child has run
+            except OSError:
+                pass
             running[pid] = (index, time.monotonic())
         pid, status = os.waitpid(-1, os.WNOHANG)
         if pid:
             index, started = running.pop(pid)
+            try:
+                os.killpg(pid, signal.SIGKILL)  # whatever the file started and left running
+            except OSError:
+                pass
             emit(event="done", index=index, **outcome(jobs[index], status, started))
             continue
         if os.getppid() != parent:
@@ -714,24 +734,13 @@ export interface CompileRun {
 }
 
 /** Handle on the running compiler, so a signal can end it (and with it every child). */
-export const running = { driver: undefined as Bun.Subprocess | undefined };
+export const running = { driver: undefined as Bun.Subprocess | undefined, stopping: false };
 
 export async function compileAll(
   files: PipelineFile[],
   cfg: Pick<Config, "cwd" | "outDir" | "python" | "kfpVersion" | "jobs" | "timeoutSec">,
   onResult: (result: CompileResult) => void = () => {},
 ): Promise<CompileRun> {
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-"));
-  const jobs = files.map((file, i) => {
-    const output = outputPathFor(file, cfg.cwd, cfg.outDir);
-    // Compiled next to its final place, then renamed: a concurrent run never reads half a file.
-    return { file: file.abs, function: file.functionName, output: output.replace(/\.yaml$/, `.${process.pid}.tmp.yaml`), final: output, result: path.join(work, `${i}.result.json`), log: path.join(work, `${i}.log`) };
-  });
-  for (const job of jobs) {
-    fs.mkdirSync(path.dirname(job.output), { recursive: true });
-    fs.rmSync(job.final, { force: true }); // a failed compile must not leave last run's YAML behind
-  }
-
   let driver: Bun.Subprocess<"pipe", "pipe", "pipe">;
   try {
     driver = Bun.spawn([cfg.python, "-c", COMPILE_DRIVER], { cwd: cfg.cwd, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
@@ -740,6 +749,12 @@ export async function compileAll(
   }
   running.driver = driver;
   const stderr = new Response(driver.stderr).text();
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-"));
+  const jobs = files.map((file, i) => {
+    const output = outputPathFor(file, cfg.cwd, cfg.outDir);
+    // Compiled next to its final place, then renamed: a concurrent run never reads half a file.
+    return { file: file.abs, function: file.functionName, output: output.replace(/\.yaml$/, `.${process.pid}.tmp.yaml`), final: output, result: path.join(work, `${i}.result.json`), log: path.join(work, `${i}.log`) };
+  });
   const results = new Map<number, CompileResult>();
   let kfp: CompileRun["kfp"];
   try {
@@ -760,6 +775,10 @@ export async function compileAll(
         if (cfg.kfpVersion && kfp.sdk !== cfg.kfpVersion) {
           throw new UsageError(`${cfg.python} has kfp ${kfp.sdk}, but ${cfg.kfpVersion} is pinned: install the pinned one (pip install -r requirements.txt) or change --kfp-version/KFP_SYNC_KFP_VERSION`);
         }
+        for (const job of jobs) {
+          fs.mkdirSync(path.dirname(job.output), { recursive: true });
+          fs.rmSync(job.final, { force: true }); // a failed compile must not leave last run's YAML behind
+        }
         driver.stdin.write(JSON.stringify({ jobs, parallel: cfg.jobs, timeout: cfg.timeoutSec }));
         await driver.stdin.end();
         continue;
@@ -773,26 +792,21 @@ export async function compileAll(
     if (driver.exitCode === null) driver.kill("SIGTERM");
     await driver.exited;
     running.driver = undefined;
+    fs.rmSync(work, { recursive: true, force: true });
   }
-  if (!kfp) {
-    const text = (await stderr).trim();
-    if (driver.exitCode === 127 || /No such file|not found/i.test(text)) {
+  const tail = (await stderr).trim().slice(-500);
+  if (!kfp && !running.stopping) {
+    if (driver.exitCode === 127 || /No such file|not found/i.test(tail)) {
       throw new UsageError(`cannot run Python "${cfg.python}": install Python 3 or point --python/KFP_SYNC_PYTHON at one`);
     }
-    throw new UsageError(`the Python compile driver (${cfg.python}) failed to start (exit ${driver.exitCode}): ${text.slice(-500)}`);
+    throw new UsageError(`the Python compile driver (${cfg.python}) failed to start (exit ${driver.exitCode ?? driver.signalCode}): ${tail}`);
   }
-  fs.rmSync(work, { recursive: true, force: true });
+  const missing = running.stopping
+    ? "not compiled: the run was interrupted"
+    : `not compiled: the compile driver ended early (exit ${driver.exitCode ?? driver.signalCode})${tail ? `: ${tail.replace(/\s+/g, " ")}` : ""}`;
   return {
     kfp,
-    results: files.map(
-      (file, i) =>
-        results.get(i) ?? {
-          ok: false,
-          file,
-          ms: 0,
-          problem: { stage: "compile", file: file.path, message: "not compiled: the run was interrupted" },
-        },
-    ),
+    results: files.map((file, i) => results.get(i) ?? { ok: false, file, ms: 0, problem: { stage: "compile", file: file.path, message: missing } }),
   };
 }
 
@@ -812,8 +826,13 @@ async function resultOf(file: PipelineFile, job: { output: string; final: string
     }
     return { ok: false, file, ms, problem: { stage: "compile", file: displayPath(e.file, file), line: e.line ?? undefined, message } };
   }
-  const yaml = await Bun.file(job.output).text();
-  fs.renameSync(job.output, job.final);
+  let yaml: string;
+  try {
+    yaml = await Bun.file(job.output).text();
+    fs.renameSync(job.output, job.final);
+  } catch (error) {
+    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `cannot write the compiled YAML to ${job.final}: ${(error as Error).message}` } };
+  }
   const docs = YAML.parseAllDocuments(yaml);
   const spec = docs[0]?.toJS() as { pipelineInfo?: { name?: string; description?: string } } | undefined;
   const irName = spec?.pipelineInfo?.name;
@@ -824,7 +843,12 @@ async function resultOf(file: PipelineFile, job: { output: string; final: string
 }
 
 function notUtf8(file: string): { line: number; byte: string } | undefined {
-  const bytes = fs.readFileSync(file);
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch {
+    return undefined;
+  }
   try {
     new TextDecoder("utf-8", { fatal: true }).decode(bytes);
     return undefined;
@@ -1616,6 +1640,7 @@ const command = defineCommand({
       log.warn(`${signal}: stopping; finishing what is in flight, then reporting`);
       state.stopped = true;
       state.signal = signal;
+      running.stopping = true;
       running.driver?.kill("SIGTERM");
     };
     process.on("SIGINT", () => onSignal("SIGINT"));

@@ -25,6 +25,7 @@ describe("cli", () => {
       [["--bogus"], {}, "unknown option --bogus"],
       [["--dry-run", "--jobs", "many"], {}, "--jobs must be a whole number"],
       [["--dry-run", "--timeout", "0"], {}, "--timeout must be a whole number of at least 1"],
+      [["--dry-run", "--out-dir", "README.md"], {}, "is a file, not a folder"],
       [["--dry-run", "--host", "not a url"], {}, "is not a URL"],
       [["--dry-run", "--host", "ftp://x"], {}, "must start with http:// or https://"],
       [["--dry-run", "--name-from", "git"], {}, "Invalid value for argument"],

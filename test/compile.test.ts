@@ -132,6 +132,28 @@ describe("compile: bad files are reported per file, the rest still compiles", ()
   });
 });
 
+describe("compile: what a file leaves behind", () => {
+  test("a process a good file starts in the background neither holds up the run nor outlives it", async () => {
+    const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
+    const dir = scratch({ "bg_pipeline.py": `import subprocess\nsubprocess.Popen(["sleep", "30"])\n${src}` });
+    const started = performance.now();
+    const r = await run(["--dry-run", "--timeout", "20"], { cwd: dir });
+    expect(r.code).toBe(0);
+    expect(performance.now() - started).toBeLessThan(15_000);
+    await Bun.sleep(100);
+    expect(processesIn(dir)).toEqual([]);
+  });
+
+  test("a file that kills the compiler: the others are reported with the cause, not as interrupted", async () => {
+    const dir = scratch({ "a_pipeline.py": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", "b_pipeline.py": "import time\ntime.sleep(3)\n" });
+    const r = await run(["--dry-run", "--jobs", "2"], { cwd: dir });
+    expect(r.code).toBe(1);
+    const s = r.json();
+    expect(s.interrupted).toBeUndefined();
+    for (const p of s.pipelines) expect(p.error.message).toContain("the compile driver ended early");
+  });
+});
+
 describe("compile: Python and kfp", () => {
   test("a Python that does not exist is a usage error that says what to do", async () => {
     const r = await run(["--dry-run", "--python", "/nonexistent/python3"], { cwd: EXAMPLES });

@@ -61,6 +61,7 @@ describe("discover", () => {
     const dir = scratch({ "a_pipeline.py": PIPELINE("a"), "loop/b_pipeline.py": PIPELINE("b") });
     fs.symlinkSync("..", path.join(dir, "loop/up"));
     fs.symlinkSync("nowhere.py", path.join(dir, "gone_pipeline.py"));
+    fs.symlinkSync("self_pipeline.py", path.join(dir, "self_pipeline.py"));
     fs.writeFileSync(path.join(dir, "secret_pipeline.py"), PIPELINE("s"));
     fs.chmodSync(path.join(dir, "secret_pipeline.py"), 0o000);
     fs.writeFileSync(Buffer.concat([Buffer.from(path.join(dir, "caf")), Buffer.from([0xe9]), Buffer.from("_pipeline.py")]), PIPELINE("c"));
@@ -70,6 +71,7 @@ describe("discover", () => {
     const problems = s.problems.map((p) => `${p.file}: ${p.message}`).join("\n");
     expect(problems).toContain("loop/up: symbolic link loop");
     expect(problems).toContain("gone_pipeline.py: broken symbolic link");
+    expect(problems).toContain("self_pipeline.py: symbolic link loop");
     expect(problems).toMatch(/caf.*_pipeline\.py: file name is not valid UTF-8/);
     // root may read anything; the permission check only bites for other users.
     if (process.getuid?.() !== 0) expect(problems).toContain("secret_pipeline.py: cannot read");
