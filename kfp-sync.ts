@@ -990,6 +990,8 @@ export interface KfpApi {
 export function kfpClient(
   cfg: Pick<Config, "host" | "auth" | "httpTimeoutMs" | "retries">,
   log: { debug(msg: string): void; warn(msg: string): void },
+  /** Aborted on SIGINT/SIGTERM: requests in flight end at once, and nothing is retried. */
+  stop: AbortSignal = new AbortController().signal,
   sleep: (ms: number) => Promise<void> = Bun.sleep,
 ): KfpApi {
   const host = cfg.host!;
@@ -1006,11 +1008,12 @@ export function kfpClient(
     async read<T>(what: string, route: string, query?: Record<string, string | undefined>): Promise<T> {
       for (let attempt = 0; ; attempt++) {
         try {
-          const data: unknown = await $kfp(route, { query: clean(query), signal: AbortSignal.timeout(cfg.httpTimeoutMs) });
+          const data: unknown = await $kfp(route, { query: clean(query), signal: AbortSignal.any([stop, AbortSignal.timeout(cfg.httpTimeoutMs)]) });
           // A body cut off mid-way parses as a string, not an object.
           if (!data || typeof data !== "object") throw new KfpError(`${what}: the server sent a malformed answer`, undefined, true);
           return data as T;
         } catch (error) {
+          if (stop.aborted) throw new KfpError(`${what}: interrupted`);
           const failure = toKfpError(error, what, host, cfg.httpTimeoutMs);
           if (!retryable(failure) || attempt >= cfg.retries) throw failure;
           const delay = Math.min(8000, 250 * 2 ** attempt) * (0.75 + Math.random() * 0.5);
@@ -1024,9 +1027,13 @@ export function kfpClient(
       form.append("uploadfile", new Blob([file.text], { type: "application/x-yaml" }), file.name);
       try {
         // Uploads are large and the server validates them: give them more time than a read.
-        return await $kfp<T>(route, { method: "POST", query: clean(query), body: form, signal: AbortSignal.timeout(cfg.httpTimeoutMs * 4) });
+        return await $kfp<T>(route, { method: "POST", query: clean(query), body: form, signal: AbortSignal.any([stop, AbortSignal.timeout(cfg.httpTimeoutMs * 4)]) });
       } catch (error) {
-        throw toKfpError(error, what, host, cfg.httpTimeoutMs * 4);
+        if (stop.aborted) throw new KfpError(`${what}: interrupted while sending; the next sync will see whether it arrived`);
+        const failure = toKfpError(error, what, host, cfg.httpTimeoutMs * 4);
+        // A gateway's 502/504 may come after ml-pipeline acted: as unknown as a lost answer.
+        if (failure.status === 502 || failure.status === 504) throw new KfpError(failure.message, failure.status, true, { cause: error });
+        throw failure;
       }
     },
   };
@@ -1352,6 +1359,7 @@ export async function publish(
   ntfy: NonNullable<Config["ntfy"]>,
   note: Notification,
   timeoutMs: number,
+  stop: AbortSignal = new AbortController().signal,
   sleep: (ms: number) => Promise<void> = Bun.sleep,
 ): Promise<void> {
   const { root } = ntfyTarget(ntfy.url);
@@ -1363,12 +1371,12 @@ export async function publish(
   const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false });
   for (let attempt = 0; ; attempt++) {
     try {
-      await $ntfy(root, { method: "POST", body: note, signal: AbortSignal.timeout(timeoutMs) });
+      await $ntfy(root, { method: "POST", body: note, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) });
       return;
     } catch (error) {
       const fe = error as FetchError;
       const status = fe.response?.status;
-      if (status === 429 && attempt < 3) {
+      if (status === 429 && attempt < 3 && !stop.aborted) {
         await sleep(1000 * 2 ** attempt);
         continue;
       }
@@ -1490,6 +1498,8 @@ function createLog(verbose: boolean, secrets: () => string[]) {
 export interface RunState {
   stopped: boolean;
   signal?: "SIGINT" | "SIGTERM";
+  /** Aborted with the signal: HTTP in flight ends at once. */
+  abort: AbortController;
 }
 
 /** The whole job: find → compile → upload → notify. Returns the summary; never throws for one pipeline's failure. */
@@ -1500,7 +1510,8 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
   const compiled = await compileStage(files, cfg, log, reports);
   const server = await uploadStage(compiled, cfg, log, reports, state);
   const summary = summarize(cfg, compiled.kfp, server, reports, state);
-  await notifyStage(summary, cfg, env, log);
+  await notifyStage(summary, cfg, env, log, state.abort.signal);
+  summary.interrupted = state.signal; // a signal during notify counts too
   summary.durationMs = Math.round(performance.now() - started);
   return summary;
 }
@@ -1537,17 +1548,23 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     if (specs.length > 0) log.info("dry run without --host/KFP_HOST: nothing was compared with a server");
     return undefined;
   }
-  if (specs.length === 0 || state.stopped) return undefined;
-  const api = kfpClient(cfg, log);
+  const failAll = (message: string) => {
+    for (const spec of specs) Object.assign(reports.get(spec.file.path)!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
+  };
+  if (specs.length === 0) return undefined;
+  if (state.stopped) {
+    failAll("not uploaded: the run was interrupted");
+    return undefined;
+  }
+  const api = kfpClient(cfg, log, state.abort.signal);
   const server: NonNullable<Summary["server"]> = { host: cfg.host };
   try {
     Object.assign(server, await preflight(api, cfg.namespace));
   } catch (error) {
     if (error instanceof UsageError) throw error;
     // The server is unreachable or refuses us: every pipeline fails the same way, say it once.
-    const message = (error as Error).message;
-    log.error(message);
-    for (const spec of specs) Object.assign(reports.get(spec.file.path)!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
+    log.error((error as Error).message);
+    failAll((error as Error).message);
     return server;
   }
   const auth = cfg.auth.kind === "none" ? "no credentials" : `${cfg.auth.kind} from ${cfg.auth.source}`;
@@ -1598,7 +1615,7 @@ function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"
   };
 }
 
-async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log): Promise<void> {
+async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, stop: AbortSignal): Promise<void> {
   if (!cfg.ntfy) return;
   const note = buildNotification(summary, ntfyTarget(cfg.ntfy.url).topic, env.GITHUB_REPOSITORY, summary.server ? cfg.uiUrl : undefined);
   if (cfg.dryRun) {
@@ -1606,7 +1623,7 @@ async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log): P
     return;
   }
   try {
-    await publish(cfg.ntfy, note, cfg.httpTimeoutMs);
+    await publish(cfg.ntfy, note, cfg.httpTimeoutMs, stop);
     log.success(`notified ${cfg.ntfy.url}`);
   } catch (error) {
     const problem: Problem = { stage: "notify", message: (error as Error).message, hint: cfg.ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
@@ -1630,21 +1647,23 @@ const command = defineCommand({
   async run({ args: parsed, rawArgs }) {
     const env = process.env as Env;
     const cfg = resolveConfig(parsed, rawArgs, env, process.cwd(), new Date());
-    cfg.runUrl ??= runUrlFrom(env, await giteaVersionOf(env));
     const secrets = cfg.secrets;
     const log = createLog(cfg.verbose, () => secrets);
 
-    const state: RunState = { stopped: false };
+    const state: RunState = { stopped: false, abort: new AbortController() };
     const onSignal = (signal: "SIGINT" | "SIGTERM") => {
       if (state.stopped) process.exit(signal === "SIGINT" ? 130 : 143);
-      log.warn(`${signal}: stopping; finishing what is in flight, then reporting`);
+      log.warn(`${signal}: stopping; reporting what was done`);
       state.stopped = true;
       state.signal = signal;
+      state.abort.abort();
       running.stopping = true;
       running.driver?.kill("SIGTERM");
     };
     process.on("SIGINT", () => onSignal("SIGINT"));
     process.on("SIGTERM", () => onSignal("SIGTERM"));
+    // Only a run that talks to servers asks Gitea for its version (a dry run without a host stays offline).
+    cfg.runUrl ??= runUrlFrom(env, cfg.host ? await giteaVersionOf(env) : undefined);
 
     const summary = await sync(cfg, log, env, state);
 

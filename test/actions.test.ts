@@ -107,7 +107,8 @@ describe("actions integration", () => {
     ] as const) {
       const gitea = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: (req) => (new URL(req.url).pathname === "/api/v1/version" ? Response.json({ version }) : new Response("no", { status: 404 })) });
       try {
-        const r = await run(["--dry-run", "--out-dir", scratch(), "evaluation_pipeline.py"], {
+        // Only a run with a server asks Gitea (this one's KFP host is closed; the link is what counts here).
+        const r = await run(["--dry-run", "--host", "http://127.0.0.1:9", "--retries", "0", "--out-dir", scratch(), "evaluation_pipeline.py"], {
           cwd: examplesCopy(),
           env: { ...base, GITHUB_SERVER_URL: `http://127.0.0.1:${gitea.port}/`, GITEA_ACTIONS: "true" },
         });
@@ -118,5 +119,8 @@ describe("actions integration", () => {
     }
     const flag = await run(["--dry-run", "--out-dir", scratch(), "--run-url", "https://ci.example/run/1", "evaluation_pipeline.py"], { cwd: examplesCopy(), env: base });
     expect(flag.json().runUrl).toBe("https://ci.example/run/1");
+    // A dry run without a host makes no network call, not even to Gitea: the link falls back to the run number.
+    const offline = await run(["--dry-run", "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { ...base, GITHUB_SERVER_URL: "http://127.0.0.1:9/", GITEA_ACTIONS: "true" } });
+    expect(offline.json().runUrl).toBe("http://127.0.0.1:9/ml/pipes/actions/runs/17");
   });
 });

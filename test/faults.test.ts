@@ -270,7 +270,19 @@ describe("signals", () => {
     expect(processesIn(dir)).toEqual([]);
   });
 
-  test("SIGTERM during upload: the write in flight finishes, the rest is reported as not uploaded, exit 143", async () => {
+  test("SIGINT while a request hangs: cut off at once, not after timeouts and retries", async () => {
+    proxy.add({ method: "GET", path: /healthz/, fault: { kind: "stall", ms: 20_000 } });
+    const dir = examplesCopy();
+    const started = performance.now();
+    const r = await startAndSignal(["--host", proxy.url, "--out-dir", scratch(), "evaluation_pipeline.py"], dir, /evaluation_pipeline\.py → /, "SIGINT");
+    expect(r.code).toBe(130);
+    expect(performance.now() - started).toBeLessThan(10_000);
+    const s = JSON.parse(r.stdout);
+    expect(s.interrupted).toBe("SIGINT");
+    expect(s.pipelines[0].error.message).toContain("interrupted");
+  });
+
+  test("SIGTERM during upload: uploads in flight are cut off and reported, the server matches the report, exit 143", async () => {
     // Every upload takes 1.5 s, so the signal surely lands while the first four are in flight.
     proxy.add({ method: "POST", path: UPLOAD, fault: { kind: "stall", ms: 1500 } });
     const dir = examplesCopy();
