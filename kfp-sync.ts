@@ -32,7 +32,7 @@ const NTFY_MAX_MESSAGE_BYTES = 4096;
 
 /** A problem the user has to act on: what happened, where, and what to do. */
 export interface Problem {
-  stage: "discover" | "compile" | "upload" | "notify" | "config";
+  stage: "discover" | "compile" | "upload" | "notify";
   message: string;
   file?: string;
   line?: number;
@@ -154,8 +154,6 @@ export const args = {
   version: { type: "boolean", description: "Print the version and exit" },
   help: { type: "boolean", alias: "h", description: "Show this help" },
 } as const satisfies ArgsDef;
-
-const REPEATABLE = new Set(["pattern", "exclude", "function"]);
 
 export interface Auth {
   kind: "token" | "cookie" | "none";
@@ -383,7 +381,9 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     throw new UsageError(`version tag "${versionTag}" breaks the server's name rule ${NAME_RULE.source} (max ${MAX_VERSION_NAME})`);
   }
   const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
-  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, env.KFP_COOKIE?.split("=").slice(1).join("="), ntfyToken];
+  const cookieValues = (env.KFP_COOKIE ?? "").split(";").map((c) => c.slice(c.indexOf("=") + 1).trim());
+  const ntfyAuthParam = ntfyUrl ? new URL(ntfyUrl).searchParams.get("auth") : undefined;
+  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ntfyAuthParam];
 
   const outDir = path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync");
   if (fs.existsSync(outDir) && !fs.statSync(outDir).isDirectory()) throw new UsageError(`--out-dir ${outDir} is a file, not a folder`);
@@ -924,7 +924,7 @@ export function serverMessage(data: unknown): string | undefined {
     try {
       body = JSON.parse(data);
     } catch {
-      return data.trim().slice(0, 500) || undefined;
+      return oneLine(data.replace(/<[^>]*>/g, " ")) || undefined; // a proxy's HTML error page too
     }
   }
   if (body && typeof body === "object") {
@@ -932,9 +932,13 @@ export function serverMessage(data: unknown): string | undefined {
     // Gateway errors carry the clean text in details[0].error_message and the whole chain in message.
     const detail = Array.isArray(b.details) ? (b.details[0] as Record<string, unknown> | undefined)?.error_message : undefined;
     const message = detail ?? b.error_message ?? b.message ?? b.error;
-    if (typeof message === "string" && message) return message.trim().slice(0, 500);
+    if (typeof message === "string" && message) return oneLine(message);
   }
   return undefined;
+}
+
+function oneLine(text: string): string {
+  return text.replace(/\s+/g, " ").trim().slice(0, 500);
 }
 
 const STATUS_HINTS: Record<number, string> = {
@@ -1099,10 +1103,9 @@ export function nameFromFile(file: string): string {
 }
 
 /** Problems the server would reject, found before anything is sent. */
-export function checkUploadable(name: string, yaml: string, versionTag: string): string | undefined {
+export function checkUploadable(name: string, yaml: string): string | undefined {
   if (name.length > MAX_PIPELINE_NAME) return `pipeline name "${name}" is ${name.length} characters; the server allows ${MAX_PIPELINE_NAME}`;
   if (!NAME_RULE.test(name)) return `pipeline name "${name}" breaks the server's name rule ${NAME_RULE.source}: use lowercase letters, digits and dashes`;
-  if (versionTag.length > MAX_VERSION_NAME) return `version name "${versionTag}" is longer than ${MAX_VERSION_NAME}`;
   const bytes = Buffer.byteLength(yaml);
   if (bytes > MAX_UPLOAD_BYTES) return `compiled spec is ${(bytes / 2 ** 20).toFixed(1)} MiB; the server accepts at most 32 MiB`;
   return undefined;
@@ -1184,44 +1187,54 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
 
   if (plan.kind === "create") {
     const query = { name, display_name: name, description: [spec.description, description].filter(Boolean).join("\n\n"), namespace: ctx.namespace, tags: tagsOf(ctx) };
-    try {
-      const created = await ctx.api.write<KfpPipeline>(`create pipeline ${name}`, "/pipelines/upload", query, file);
-      return done("created", created, await latestVersion(ctx, created).catch(() => undefined));
-    } catch (error) {
-      if (!(error instanceof KfpError) || !(error.status === 409 || error.answerLost)) throw error;
-      // 409: another sync created it first. Lost answer: it may exist now. Either way, read again.
-      const pipeline = await findPipeline(ctx, name);
-      if (!pipeline) {
-        if (error.status === 409) throw error;
-        const created = await ctx.api.write<KfpPipeline>(`create pipeline ${name} (second try)`, "/pipelines/upload", query, file);
-        return done("created", created, await latestVersion(ctx, created).catch(() => undefined));
-      }
-      const latest = await latestVersion(ctx, pipeline);
-      if (latest && sameSpec(latest, fingerprint)) return done(error.answerLost ? "created" : "unchanged", pipeline, latest);
-      plan = { kind: "version", pipeline };
-    }
+    const result = await writeChecked(
+      async () => ({ created: await ctx.api.write<KfpPipeline>(`create pipeline ${name}`, "/pipelines/upload", query, file) }),
+      // 409: another sync created it first. Lost answer: ours may have arrived. Either way it may exist now.
+      async (error, sent) => {
+        const existing = await findPipeline(ctx, name);
+        return existing && { existing, ours: error.answerLost || sent > 1 };
+      },
+    );
+    if ("created" in result) return done("created", result.created, await latestVersion(ctx, result.created).catch(() => undefined));
+    const latest = await latestVersion(ctx, result.existing);
+    if (latest && sameSpec(latest, fingerprint)) return done(result.ours ? "created" : "unchanged", result.existing, latest);
+    plan = { kind: "version", pipeline: result.existing };
   }
   if (plan.kind === "unchanged") return done("unchanged", plan.pipeline, plan.version);
 
   const pipeline = plan.pipeline;
   const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description, tags: tagsOf(ctx) };
   const what = `add version ${ctx.versionTag} to ${name}`;
-  try {
-    return done("versioned", pipeline, await ctx.api.write<KfpPipelineVersion>(what, "/pipelines/upload_version", query, file));
-  } catch (error) {
-    if (!(error instanceof KfpError) || !(error.status === 409 || error.answerLost)) throw error;
-    const latest = await latestVersion(ctx, pipeline);
-    if (latest && sameSpec(latest, fingerprint)) {
-      // Ours arrived (lost answer) or a concurrent sync uploaded the same spec first (409).
-      return done(latest.name === ctx.versionTag && error.answerLost ? "versioned" : "unchanged", pipeline, latest);
+  const result = await writeChecked(
+    async () => ({ version: await ctx.api.write<KfpPipelineVersion>(what, "/pipelines/upload_version", query, file) }),
+    async (error, sent) => {
+      const latest = await latestVersion(ctx, pipeline);
+      // Ours arrived (lost answer, or a late first send) or a concurrent sync uploaded the same spec first.
+      if (latest && sameSpec(latest, fingerprint)) return { settled: latest, ours: latest.name === ctx.versionTag && (error.answerLost || sent > 1) };
+      if (error.status === 409) {
+        throw new KfpError(`${what}: a different version named ${ctx.versionTag} already exists (another sync with the same tag?); nothing was overwritten — rerun, or pass another --version-tag`, 409);
+      }
+      return undefined;
+    },
+  );
+  if ("version" in result) return done("versioned", pipeline, result.version);
+  return done(result.ours ? "versioned" : "unchanged", pipeline, result.settled);
+}
+
+/**
+ * Send a write at most twice. When it conflicts (409) or its answer is lost, `settle` reads what
+ * the server now holds: a result ends it; nothing found after a lost answer sends it once more.
+ */
+async function writeChecked<T, S>(send: () => Promise<T>, settle: (error: KfpError, sent: number) => Promise<S | undefined>): Promise<T | S> {
+  for (let sent = 1; ; sent++) {
+    try {
+      return await send();
+    } catch (error) {
+      if (!(error instanceof KfpError) || !(error.status === 409 || error.answerLost)) throw error;
+      const settled = await settle(error, sent);
+      if (settled !== undefined) return settled;
+      if (error.status === 409 || sent >= 2) throw error;
     }
-    if (error.status === 409) {
-      throw new KfpError(
-        `${what}: a different version named ${ctx.versionTag} already exists (another sync with the same tag?); nothing was overwritten — rerun, or pass another --version-tag`,
-        409,
-      );
-    }
-    return done("versioned", pipeline, await ctx.api.write<KfpPipelineVersion>(`${what} (second try)`, "/pipelines/upload_version", query, file));
   }
 }
 
@@ -1263,7 +1276,7 @@ export async function uploadAll(
     for (let item = queue.shift(); item; item = queue.shift()) {
       const started = performance.now();
       let outcome: UploadOutcome;
-      const localProblem = checkUploadable(item.name, item.spec.yaml, ctx.versionTag);
+      const localProblem = checkUploadable(item.name, item.spec.yaml);
       if (stopped()) {
         outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: "not uploaded: the run was interrupted" } };
       } else if (localProblem) {
@@ -1304,8 +1317,7 @@ export function ntfyTarget(topicUrl: string): { root: string; topic: string } {
     throw new UsageError(`--ntfy-url/NTFY_URL must end with a topic name (letters, digits, - and _), got "${topicUrl}"`);
   }
   url.pathname = parts.length > 0 ? `/${parts.join("/")}/` : "/";
-  url.search = "";
-  return { root: url.toString(), topic };
+  return { root: url.toString(), topic }; // the query stays: ntfy takes ?auth= on every route
 }
 
 /** Keep a list within a byte budget, ending with "and N more" when it had to cut. */
@@ -1396,14 +1408,14 @@ export async function publish(
 
 // ─── 5. Report ───────────────────────────────────────────────────────────────────────────────────
 
-export function countsOf(pipelines: PipelineReport[], dryRun: boolean): Summary["counts"] {
+export function countsOf(pipelines: PipelineReport[]): Summary["counts"] {
   const n = (f: (p: PipelineReport) => boolean) => pipelines.filter(f).length;
   const created = n((p) => p.action === "created");
   const versioned = n((p) => p.action === "versioned");
   return {
     found: pipelines.length,
     compiled: n((p) => p.status === "compiled"),
-    uploaded: dryRun ? 0 : created + versioned,
+    uploaded: created + versioned, // both 0 in a dry run
     created,
     versioned,
     unchanged: n((p) => p.action === "unchanged"),
@@ -1584,6 +1596,15 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
       [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${fingerprint}`].filter(Boolean).join(" · "),
   };
   const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? nameFromFile(spec.file.path) : spec.irName }));
+  // Two files with one pipeline name would take turns versioning it: refuse both, name the other.
+  const filesByName = Map.groupBy(named, (n) => n.name);
+  const clashing = named.filter((n) => filesByName.get(n.name)!.length > 1);
+  for (const { spec, name } of clashing) {
+    const others = filesByName.get(name)!.filter((o) => o.spec !== spec).map((o) => o.spec.file.path);
+    const message = `pipeline name "${name}" is also the name of ${others.join(", ")}: give each pipeline its own name (@dsl.pipeline(name=...))`;
+    Object.assign(reports.get(spec.file.path)!, { name, action: "failed", error: { stage: "upload", file: spec.file.path, message } });
+    log.error(`${spec.file.path}: ${message}`);
+  }
   const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
     const report = reports.get(spec.file.path)!;
     const { pipelineName: name, action, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
@@ -1592,7 +1613,7 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     if (error) log.error(`${name}: ${error.message}`);
     else log.success(`${name}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
   };
-  await uploadAll(ctx, named, 4, record, () => state.stopped);
+  await uploadAll(ctx, named.filter((n) => !clashing.includes(n)), 4, record, () => state.stopped);
   return server;
 }
 
@@ -1607,7 +1628,7 @@ function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"
     versionTag: cfg.versionTag,
     commit: cfg.commit,
     runUrl: cfg.runUrl,
-    counts: countsOf(pipelines, cfg.dryRun),
+    counts: countsOf(pipelines),
     pipelines,
     problems: pipelines.flatMap((p) => (p.error ? [p.error] : [])),
     interrupted: state.signal,
@@ -1617,14 +1638,16 @@ function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"
 
 async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, stop: AbortSignal): Promise<void> {
   if (!cfg.ntfy) return;
-  const note = buildNotification(summary, ntfyTarget(cfg.ntfy.url).topic, env.GITHUB_REPOSITORY, summary.server ? cfg.uiUrl : undefined);
+  const built = buildNotification(summary, ntfyTarget(cfg.ntfy.url).topic, env.GITHUB_REPOSITORY, summary.server ? cfg.uiUrl : undefined);
+  const note = JSON.parse(scrub(JSON.stringify(built), cfg.secrets)) as Notification;
+  const where = cfg.ntfy.url.split("?")[0];
   if (cfg.dryRun) {
-    log.info(`dry run: would notify ${cfg.ntfy.url}:\n${JSON.stringify(note, null, 2)}`);
+    log.info(`dry run: would notify ${where}:\n${JSON.stringify(note, null, 2)}`);
     return;
   }
   try {
     await publish(cfg.ntfy, note, cfg.httpTimeoutMs, stop);
-    log.success(`notified ${cfg.ntfy.url}`);
+    log.success(`notified ${where}`);
   } catch (error) {
     const problem: Problem = { stage: "notify", message: (error as Error).message, hint: cfg.ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
     summary.problems.push(problem);
@@ -1648,6 +1671,7 @@ const command = defineCommand({
     const env = process.env as Env;
     const cfg = resolveConfig(parsed, rawArgs, env, process.cwd(), new Date());
     const secrets = cfg.secrets;
+    activeSecrets = secrets;
     const log = createLog(cfg.verbose, () => secrets);
 
     const state: RunState = { stopped: false, abort: new AbortController() };
@@ -1681,6 +1705,9 @@ const command = defineCommand({
   },
 });
 
+/** The secrets of the running configuration, for errors that escape the run. */
+let activeSecrets: string[] = [];
+
 export async function main(rawArgs: string[]): Promise<number> {
   if (rawArgs.includes("--version")) {
     process.stdout.write(`${VERSION}\n`);
@@ -1700,7 +1727,8 @@ export async function main(rawArgs: string[]): Promise<number> {
     return Number(process.exitCode ?? 0);
   } catch (error) {
     const usage = error instanceof UsageError || (error as Error).name === "CLIError";
-    const secrets = [process.env.KFP_TOKEN, process.env.KFP_COOKIE, process.env.NTFY_TOKEN, ...repeatedFlag(rawArgs, "token"), ...repeatedFlag(rawArgs, "ntfy-token")].filter((s): s is string => !!s && s.length >= 4);
+    const fromInput = [process.env.KFP_TOKEN, process.env.KFP_COOKIE, process.env.NTFY_TOKEN, ...repeatedFlag(rawArgs, "token"), ...repeatedFlag(rawArgs, "ntfy-token")];
+    const secrets = [...activeSecrets, ...fromInput.filter((s): s is string => !!s && s.length >= 4)];
     const verbose = rawArgs.includes("--verbose");
     const text = verbose ? ((error as Error).stack ?? String(error)) : (error as Error).message;
     process.stderr.write(scrub(`✖ ${text}\n`, secrets));

@@ -335,3 +335,21 @@ def zeros(xs: List[int] = ${xs}, flag: str = ${flag}):
     }
   });
 });
+
+test("two files with one pipeline name: both refused with the other named, the rest uploaded", async () => {
+  const server = await startKfpServer();
+  try {
+    const src = fs.readFileSync(path.join(FIXTURES, "tricky/params_defaults_pipeline.py"), "utf8");
+    const dir = scratch({ "a_pipeline.py": src, "b_pipeline.py": src.replace(/: int = (\d+)/, (_, n) => `: int = ${Number(n) + 1}`) });
+    fs.copyFileSync(path.join(FIXTURES, "tricky/components_and_pipeline_pipeline.py"), path.join(dir, "c_pipeline.py"));
+    const r = await sync(dir, server);
+    expect(r.code).toBe(1);
+    const byFile = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p]));
+    expect(byFile["a_pipeline.py"].error.message).toContain('pipeline name "params-defaults" is also the name of b_pipeline.py');
+    expect(byFile["b_pipeline.py"].error.message).toContain("is also the name of a_pipeline.py");
+    expect(byFile["c_pipeline.py"].action).toBe("created");
+    expect(server.state().pipelines.map((p) => p.name)).toEqual(["components-and-pipeline"]);
+  } finally {
+    await server.stop();
+  }
+});
