@@ -144,13 +144,13 @@ export const args = {
   "name-from": { type: "enum", options: ["ir", "file"], description: "Pipeline name from the IR's pipelineInfo.name or from the file name (env KFP_SYNC_NAME_FROM) [ir]" },
   "version-tag": { type: "string", description: "Version name for this run (env KFP_SYNC_VERSION_TAG) [vYYYYMMDD-HHMMSS, UTC]" },
   force: { type: "boolean", description: "Upload a new version even when the spec is unchanged (env KFP_SYNC_FORCE)" },
-  "http-timeout": { type: "string", description: "Seconds one HTTP request may take (env KFP_SYNC_HTTP_TIMEOUT) [30]" },
+  "http-timeout": { type: "string", description: "Seconds one read may take; an upload gets four times as long (env KFP_SYNC_HTTP_TIMEOUT) [30]" },
   retries: { type: "string", description: "Retries of a failed read (env KFP_SYNC_RETRIES) [4]" },
   "ntfy-url": { type: "string", description: "ntfy topic URL to notify, e.g. https://ntfy.example/ci (env NTFY_URL)" },
   "ntfy-token": { type: "string", description: "ntfy access token, or user:password (env NTFY_TOKEN)" },
   "ntfy-required": { type: "boolean", description: "A failed notification fails the run (env NTFY_REQUIRED)" },
   "run-url": { type: "string", description: "Link to the CI run (env KFP_SYNC_RUN_URL) [built from GITHUB_* variables]" },
-  verbose: { type: "boolean", description: "Show full errors and each HTTP request" },
+  verbose: { type: "boolean", description: "Show full errors and each HTTP request, never its headers (env KFP_SYNC_VERBOSE)" },
   version: { type: "boolean", description: "Print the version and exit" },
   help: { type: "boolean", alias: "h", description: "Show this help" },
 } as const satisfies ArgsDef;
@@ -413,7 +413,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     ntfy: ntfyUrl ? { url: ntfyUrl, token: ntfyToken, required: bool("ntfy-required", "NTFY_REQUIRED") } : undefined,
     runUrl: flag("run-url"),
     commit: gitCommit(env, cwd),
-    verbose: parsed.verbose === true,
+    verbose: bool("verbose", "KFP_SYNC_VERBOSE"),
     secrets: secrets.filter((s): s is string => typeof s === "string" && s.length >= 4),
   };
 }
@@ -1491,6 +1491,19 @@ export function writeActionsFiles(summary: Summary, env: Env, secrets: string[],
   if (summaryFile) append(summaryFile, stepSummary(summary), "the step summary");
 }
 
+/** Stage 5: JSON on stdout, Actions files where the runner gives them, annotations on GitHub, a last line. */
+export function report(summary: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }): void {
+  process.stdout.write(scrub(JSON.stringify(summary, null, 2), secrets) + "\n");
+  writeActionsFiles(summary, env, secrets, log);
+  if (env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY) log.log(stepSummary(summary)); // Gitea < 1.27 ignores the file
+  const onGitHub = truthy(env.GITHUB_ACTIONS) && !truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS);
+  if (onGitHub) for (const line of annotations(summary)) process.stderr.write(scrub(line, secrets) + "\n");
+  const c = summary.counts;
+  const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed · ${(summary.durationMs / 1000).toFixed(1)} s`;
+  if (c.failed > 0) log.error(line);
+  else log.success(line);
+}
+
 // ─── Main ────────────────────────────────────────────────────────────────────────────────────────
 
 type Log = ReturnType<typeof createLog>;
@@ -1690,17 +1703,7 @@ const command = defineCommand({
     cfg.runUrl ??= runUrlFrom(env, cfg.host ? await giteaVersionOf(env) : undefined);
 
     const summary = await sync(cfg, log, env, state);
-
-    // 5. Report: JSON on stdout, Actions files where the runner gives them, annotations on GitHub.
-    process.stdout.write(scrub(JSON.stringify(summary, null, 2), secrets) + "\n");
-    writeActionsFiles(summary, env, secrets, log);
-    if (env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY) log.log(stepSummary(summary)); // Gitea < 1.27 ignores the file
-    const onGitHub = truthy(env.GITHUB_ACTIONS) && !truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS);
-    if (onGitHub) for (const line of annotations(summary)) process.stderr.write(scrub(line, secrets) + "\n");
-    const c = summary.counts;
-    const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed · ${(summary.durationMs / 1000).toFixed(1)} s`;
-    if (c.failed > 0) log.error(line);
-    else log.success(line);
+    report(summary, env, secrets, log);
     process.exitCode = exitCodeOf(summary, cfg.ntfy?.required ?? false);
   },
 });
