@@ -532,7 +532,12 @@ export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "exclu
   const roots = cfg.paths.length > 0 ? cfg.paths : ["."];
   for (const root of roots) {
     const abs = path.resolve(cfg.cwd, root);
-    const stat = fs.statSync(abs, { throwIfNoEntry: false });
+    let stat: fs.Stats | undefined;
+    try {
+      stat = fs.statSync(abs, { throwIfNoEntry: false });
+    } catch (error) {
+      throw new UsageError(`${root}: cannot read (${(error as NodeJS.ErrnoException).code})`, { cause: error });
+    }
     if (!stat) throw new UsageError(`${root}: no such file or folder`);
     if (stat.isDirectory()) walk(abs, 1, new Set([fs.realpathSync(abs)]));
     else add(abs);

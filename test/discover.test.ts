@@ -55,6 +55,10 @@ describe("discover", () => {
     expect(missing.code).toBe(2);
     expect(missing.stderr).toContain("nope: no such file or folder");
     expect(missing.stdout).toBe("");
+    fs.symlinkSync("me", path.join(dir, "me"));
+    const loop = await run(["--dry-run", "me"], { cwd: dir });
+    expect(loop.code).toBe(2);
+    expect(loop.stderr).toContain("me: cannot read (ELOOP)");
   });
 
   test("symlink loops, broken links, unreadable files and non-UTF-8 names are reported, not crashed on", async () => {
