@@ -10,6 +10,8 @@
  *   reset          TCP RST at once; no response, the target never sees the request
  *   status         answer with this status and body; the target never sees the request
  *   stall          wait `ms`, then forward (a client that gives up first is never forwarded)
+ *   late           take the whole request, wait `ms`, then forward it even if the client gave up:
+ *                  a write that lands after the client's timeout
  *   slow-body      forward; send the headers at once, then the body at `bytesPerSecond`
  *   truncate       forward; announce the full Content-Length, send `bytes` of the body, close
  *   drop-response  forward and let the target answer, then RST the client: a write whose answer is lost
@@ -22,6 +24,7 @@ export type Fault =
   | { kind: "reset" }
   | { kind: "status"; status: number; body?: string }
   | { kind: "stall"; ms: number }
+  | { kind: "late"; ms: number }
   | { kind: "slow-body"; bytesPerSecond: number }
   | { kind: "truncate"; bytes: number }
   | { kind: "drop-response" /* forward the request to the target, then reset the client connection: a write whose answer is lost */ };
@@ -120,6 +123,20 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       const json = /^\s*[[{]/.test(body);
       res.writeHead(fault.status, { "Content-Type": json ? "application/json" : "text/plain", "Content-Length": Buffer.byteLength(body) });
       return res.end(body);
+    }
+    if (fault?.kind === "late") {
+      const body = await readAll(req);
+      await sleep(fault.ms, closing.signal);
+      const up = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        const headers = req.rawHeaders as unknown as http.OutgoingHttpHeaders;
+        const out = http.request({ host: base.hostname, port: base.port || 80, method: req.method, path: basePath + req.url, headers }, resolve);
+        out.on("error", reject);
+        out.end(body);
+      });
+      const answer = await readAll(up);
+      if (res.destroyed) return;
+      res.writeHead(up.statusCode!, up.statusMessage, withLength(up.rawHeaders, answer.length));
+      return res.end(answer);
     }
     if (fault?.kind === "stall") {
       const gone = new AbortController();

@@ -115,6 +115,19 @@ describe("network faults", () => {
     expect(kfp.state().pipelines.length).toBe(1);
   });
 
+  test("a write that lands only after its timeout: the second send's 409 is settled by a read, no duplicate", async () => {
+    // First send: times out on our side (4 s), lands at 4.5 s. Second send: held 1 s, so it lands after it: 409.
+    const r = await syncThrough(examplesCopy(), [
+      { method: "POST", path: UPLOAD, times: 1, fault: { kind: "late", ms: 4500 } },
+      { method: "POST", path: UPLOAD, times: 1, fault: { kind: "stall", ms: 1000 } },
+    ], ["evaluation_pipeline.py"]);
+    expect(kfp.requests.filter((q) => q.method === "POST").map((q) => q.status)).toEqual([200, 409]);
+    expect(r.code).toBe(0);
+    expect(r.json().pipelines[0]!.action).toBe("created");
+    expect(kfp.state().pipelines.length).toBe(1);
+    expect(kfp.state().versions.length).toBe(1);
+  });
+
   test("a lost answer on a new version: the version is found by a read, not uploaded twice", async () => {
     const dir = examplesCopy();
     await syncThrough(dir, [], ["evaluation_pipeline.py"]);
