@@ -59,6 +59,8 @@ export interface CompiledSpec {
   description?: string;
   output: string;
   yaml: string;
+  /** Hash of the canonical spec: what "unchanged" compares (see Upload). */
+  fingerprint: string;
   ms: number;
 }
 
@@ -838,13 +840,13 @@ async function resultOf(file: PipelineFile, job: { output: string; final: string
   } catch (error) {
     return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `cannot write the compiled YAML to ${job.final}: ${(error as Error).message}` } };
   }
-  const docs = YAML.parseAllDocuments(yaml);
-  const spec = docs[0]?.toJS() as { pipelineInfo?: { name?: string; description?: string } } | undefined;
+  const docs = YAML.parseAllDocuments(yaml).map((d) => d.toJS());
+  const spec = docs[0] as { pipelineInfo?: { name?: string; description?: string } } | undefined;
   const irName = spec?.pipelineInfo?.name;
   if (!irName) {
     return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: "the compiled spec has no pipelineInfo.name (compiled with --kubernetes-manifest-format?)" } };
   }
-  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml };
+  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml, fingerprint: fingerprintOf(docs[0], docs[1]) };
 }
 
 function notUtf8(file: string): { line: number; byte: string } | undefined {
@@ -1077,12 +1079,6 @@ function fingerprintOf(pipelineSpec: unknown, platformSpec: unknown): string {
   return createHash("sha256").update(json).digest("hex");
 }
 
-/** Fingerprint of a compiled YAML file (one or two documents). */
-export function specFingerprint(yamlText: string): string {
-  const docs = YAML.parseAllDocuments(yamlText).map((d) => d.toJS());
-  return fingerprintOf(docs[0], docs[1]);
-}
-
 /** Fingerprint of a version's pipeline_spec as the server returns it. */
 export function serverFingerprint(pipelineSpec: unknown): string {
   const ps = pipelineSpec as Record<string, unknown> | undefined;
@@ -1123,7 +1119,7 @@ export interface UploadContext {
   force: boolean;
   dryRun: boolean;
   uiUrl: string;
-  describe: (spec: CompiledSpec, fingerprint: string) => string;
+  describe: (spec: CompiledSpec) => string;
   /** Labels for pipelines and versions; only servers from 2.17 on know the `tags` parameter. */
   tags?: Record<string, string>;
 }
@@ -1179,9 +1175,9 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
     versionName: version?.name ?? version?.display_name,
     url: linkTo(ctx, pipeline?.pipeline_id ?? version?.pipeline_id, version?.pipeline_version_id),
   });
-  const fingerprint = specFingerprint(spec.yaml);
+  const fingerprint = spec.fingerprint;
   const file = { name: `${name}.yaml`, text: spec.yaml };
-  const description = ctx.describe(spec, fingerprint);
+  const description = ctx.describe(spec);
 
   let plan = await planUpload(ctx, name, fingerprint);
   if (ctx.dryRun) {
@@ -1610,8 +1606,8 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     dryRun: cfg.dryRun,
     uiUrl: cfg.uiUrl ?? cfg.host,
     tags: !server.version || olderThan(server.version, "2.17.0") ? undefined : { "synced-by": "kfp-sync", ...(cfg.commit ? { commit: cfg.commit } : {}) },
-    describe: (spec, fingerprint) =>
-      [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${fingerprint}`].filter(Boolean).join(" · "),
+    describe: (spec) =>
+      [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${spec.fingerprint}`].filter(Boolean).join(" · "),
   };
   const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? nameFromFile(spec.file.path) : spec.irName }));
   // Two files with one pipeline name would take turns versioning it: refuse both, name the other.

@@ -195,6 +195,22 @@ describe("upload: auth, namespaces and server errors", () => {
     }
   });
 
+  test("KFP_COOKIE: a bare value is sent as Dex's authservice_session cookie, never printed", async () => {
+    const server = await startKfpServer();
+    try {
+      const r = await sync(examplesCopy(), server, ["evaluation_pipeline.py"], { KFP_COOKIE: "dex-session-value-1234" });
+      expect(r.code).toBe(0);
+      expect(r.stderr).toContain("cookie from KFP_COOKIE");
+      for (const q of server.requests) {
+        expect(q.headers.cookie).toBe("authservice_session=dex-session-value-1234");
+        expect(q.headers.authorization).toBeUndefined();
+      }
+      expect(r.stdout + r.stderr).not.toContain("dex-session-value-1234");
+    } finally {
+      await server.stop();
+    }
+  });
+
   test("multi-user: the namespace goes with every call that takes one; without it, exit 2", async () => {
     const server = await startKfpServer({ multiUser: true });
     try {
