@@ -20,6 +20,7 @@ test("the error catalogue is ntfy's (server/errors.go)", () => {
     [40000, 400, "invalid request"],
     [40001, 400, "e-mail notifications are not enabled"],
     [40007, 400, "invalid priority parameter"],
+    [40008, 400, "invalid since parameter"],
     [40009, 400, "invalid request: topic invalid"],
     [40010, 400, "invalid request: topic name is not allowed"],
     [40011, 400, "invalid message: message must be UTF-8 encoded"],
@@ -35,6 +36,7 @@ test("the error catalogue is ntfy's (server/errors.go)", () => {
     [41301, 413, "attachment too large, or bandwidth limit reached"],
     [41303, 413, "JSON body too large"],
     [42901, 429, "limit reached: too many requests"],
+    [42909, 429, "limit reached: too many auth failures"],
     [50001, 500, "internal server error"],
   ]);
   expect(NTFY_ERRORS.priorityInvalid.link).toBe("https://ntfy.sh/docs/publish/#message-priority");
@@ -150,11 +152,11 @@ describe("JSON publish to the root URL", () => {
     expect(JSON.parse(res.text).actions.map((a: { action: string }) => a.action)).toEqual(["view", "broadcast", "http"]);
   });
 
-  test("a message of exactly 4096 bytes is accepted; 4097 bytes is an attachment, refused here", async () => {
-    const ok = await publishJSON(server, { topic: "t", message: "é".repeat(2048) });
+  test("a message of 4095 bytes is accepted; 4096 bytes (counted in UTF-8) is an attachment, refused here", async () => {
+    const ok = await publishJSON(server, { topic: "t", message: `${"é".repeat(2047)}a` });
     expect(ok.status).toBe(200);
-    expect(JSON.parse(ok.text).message).toBe("é".repeat(2048));
-    const over = await publishJSON(server, { topic: "t", message: "a".repeat(4097) });
+    expect(JSON.parse(ok.text).message).toBe(`${"é".repeat(2047)}a`);
+    const over = await publishJSON(server, { topic: "t", message: "é".repeat(2048) });
     expect(over.status).toBe(400);
     expect(over.text).toBe(errorBody(NTFY_ERRORS.attachmentsDisallowed));
   });
