@@ -356,3 +356,67 @@ describe("CLI", () => {
     expect(err).toContain(`POST / -> 200 cli "Hello" "from CLI"`);
   });
 });
+
+describe("beyond the recorded contract", () => {
+  const reader = { name: "reader", password: "r-pass", access: { "ci-*": "read-only" as const } };
+  const writer = { name: "writer", password: "w-pass", access: { "ci-*": "read-write" as const } };
+  const basic = (user: string, password: string) => `Basic ${btoa(`${user}:${password}`)}`;
+
+  test("HTML-sensitive characters and U+2028 are escaped as Go's json.Encoder writes them", async () => {
+    const server = await startNtfyServer();
+    try {
+      const res = await publishJSON(server, { topic: "t", message: "a<b>&c\u2028d" });
+      expect(res.text).toContain(String.raw`"message":"a\u003cb\u003e\u0026c\u2028d"`);
+      expect(JSON.parse(res.text).message).toBe("a<b>&c\u2028d");
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("a wildcard grant covers matching topics only; the poll honours since and cache=no", async () => {
+    const server = await startNtfyServer({ users: [reader, writer] });
+    try {
+      const post = (topic: string, message: string, extra: Record<string, string> = {}) =>
+        fetch(`${server.url}/${topic}`, { method: "POST", body: message, headers: { Authorization: basic("writer", "w-pass"), ...extra } });
+      expect((await post("other", "x")).status).toBe(403);
+      const first = (await (await post("ci-a", "first")).json()) as { id: string; time: number };
+      await post("ci-a", "not cached", { Cache: "no" });
+      await post("ci-a", "second");
+      const poll = async (query: string) => {
+        const res = await fetch(`${server.url}/ci-a/json?poll=1${query}`, { headers: { Authorization: basic("reader", "r-pass") } });
+        return { status: res.status, messages: (await res.text()).split("\n").filter(Boolean).map((l) => JSON.parse(l).message ?? JSON.parse(l).code) };
+      };
+      expect(await poll("")).toEqual({ status: 200, messages: ["first", "second"] });
+      expect(await poll(`&since=${first.id}`)).toEqual({ status: 200, messages: ["second"] });
+      expect(await poll(`&since=${first.time}`)).toEqual({ status: 200, messages: ["first", "second"] });
+      expect(await poll("&since=10m")).toEqual({ status: 200, messages: ["first", "second"] });
+      expect(await poll("&since=none")).toEqual({ status: 200, messages: [] });
+      expect(await poll("&since=yesterday")).toEqual({ status: 400, messages: [40008] });
+      const denied = await fetch(`${server.url}/ci-a/json?poll=1`, { headers: { Authorization: basic("writer", "nope") } });
+      expect(denied.status).toBe(401);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  test("ntfy's default limits: 60 requests then 429/42901, one more every 5 s; 30 failed logins then 429/42909", async () => {
+    let clock = Date.now();
+    const server = await startNtfyServer({ users: [writer], now: () => clock });
+    try {
+      const post = (auth = basic("writer", "w-pass")) => publishJSON(server, { topic: "ci-x" }, { Authorization: auth });
+      for (let i = 0; i < 60; i++) expect((await post()).status).toBe(200);
+      const limited = await post();
+      expect([limited.status, limited.text]).toEqual([429, errorBody(NTFY_ERRORS.tooManyRequests)]);
+      clock += 5000;
+      expect((await post()).status).toBe(200);
+      expect((await post()).status).toBe(429);
+      for (let i = 0; i < 30; i++) expect((await post(basic("writer", "wrong"))).status).toBe(401);
+      const blocked = await post();
+      expect([blocked.status, blocked.text]).toEqual([429, errorBody(NTFY_ERRORS.tooManyAuthFailures)]);
+      clock += 60_000;
+      expect((await post(basic("writer", "wrong"))).status).toBe(401);
+    } finally {
+      await server.stop();
+    }
+  });
+});
