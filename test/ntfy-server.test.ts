@@ -35,6 +35,7 @@ test("the error catalogue is ntfy's (server/errors.go)", () => {
     [41301, 413, "attachment too large, or bandwidth limit reached"],
     [41303, 413, "JSON body too large"],
     [42901, 429, "limit reached: too many requests"],
+    [42909, 429, "limit reached: too many auth failures"],
     [50001, 500, "internal server error"],
   ]);
   expect(NTFY_ERRORS.priorityInvalid.link).toBe("https://ntfy.sh/docs/publish/#message-priority");

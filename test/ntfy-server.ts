@@ -89,6 +89,7 @@ export const NTFY_ERRORS = {
   attachmentTooLarge: { code: 41301, http: 413, error: "attachment too large, or bandwidth limit reached", link: `${DOCS}/publish/#limitations` },
   jsonBodyTooLarge: { code: 41303, http: 413, error: "JSON body too large" },
   tooManyRequests: { code: 42901, http: 429, error: "limit reached: too many requests", link: `${DOCS}/publish/#limitations` },
+  tooManyAuthFailures: { code: 42909, http: 429, error: "limit reached: too many auth failures", link: `${DOCS}/publish/#limitations` },
   internalError: { code: 50001, http: 500, error: "internal server error" },
 } as const satisfies Record<string, NtfyErrorSpec>;
 
@@ -117,6 +118,9 @@ const EMPTY_MESSAGE = "triggered";
 const ACTIONS_MAX = 3;
 const ACTION_TYPES = ["view", "broadcast", "http"];
 const URL_RULE = /^https?:\/\//;
+/** visitor-auth-failure-limit-burst / -replenish defaults: 30 failed logins per IP, one back a minute. */
+const AUTH_FAILURE_BURST = 30;
+const AUTH_FAILURE_REPLENISH_MS = 60_000;
 
 class NtfyError extends Error {
   constructor(
@@ -441,6 +445,8 @@ export async function startNtfyServer(opts: NtfyServerOptions = {}): Promise<Ntf
   const failures: number[] = [];
   const authConfigured = opts.token !== undefined || opts.basic !== undefined;
   const log = (line: string) => opts.log && process.stderr.write(`[ntfy] ${line}\n`);
+  // Everything here comes from 127.0.0.1, so one visitor: its bucket of failed logins.
+  const authFailures = { tokens: AUTH_FAILURE_BURST, at: Date.now() };
 
   /** maybeAuthenticate: only a Basic/Bearer header is checked, and a bad one is 401 at once. */
   function authenticate(headers: Headers, query: URLSearchParams): Identity {
@@ -450,11 +456,20 @@ export async function startNtfyServer(opts: NtfyServerOptions = {}): Promise<Ntf
     if (queryAuth) header = Buffer.from(queryAuth, "base64url").toString("utf8").trim();
     const lower = header.toLowerCase();
     if (!lower.startsWith("basic ") && !lower.startsWith("bearer ")) return "anonymous";
+    // Recorded (auth-failure-limit-*): once the bucket is empty, every authenticated request is 429/42909.
+    const now = Date.now();
+    authFailures.tokens = Math.min(AUTH_FAILURE_BURST, authFailures.tokens + (now - authFailures.at) / AUTH_FAILURE_REPLENISH_MS);
+    authFailures.at = now;
+    if (authFailures.tokens < 1) throw new NtfyError(NTFY_ERRORS.tooManyAuthFailures);
+    const failed = () => {
+      authFailures.tokens -= 1;
+      return new NtfyError(NTFY_ERRORS.unauthorized);
+    };
     const tokenOk = (token: string) => opts.token !== undefined && token === opts.token;
     // ntfy tests the "Bearer" prefix case-sensitively and hands anything else to Basic parsing.
     if (header.startsWith("Bearer")) {
       if (tokenOk(header.slice(6).trim())) return "user";
-      throw new NtfyError(NTFY_ERRORS.unauthorized);
+      throw failed();
     }
     if (lower.startsWith("basic ")) {
       const decoded = Buffer.from(header.slice(6).trim(), "base64").toString("utf8");
@@ -465,7 +480,7 @@ export async function startNtfyServer(opts: NtfyServerOptions = {}): Promise<Ntf
         if (user !== "" && opts.basic && user === opts.basic.user && password === opts.basic.password) return "user";
       }
     }
-    throw new NtfyError(NTFY_ERRORS.unauthorized);
+    throw failed();
   }
 
   /** handlePublish after transformBodyJSON: limits, authorization, parameters, body. */
