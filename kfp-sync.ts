@@ -1355,7 +1355,8 @@ function credentialForms(header: string | undefined): string[] {
  */
 export function unreadableNtfyAuth(value: string): string | undefined {
   if (value.includes("=")) return "it has = padding, which ntfy cannot decode";
-  if (/[+/]/.test(value)) return "it is standard base64 (with + or /), not URL-safe base64";
+  // An unencoded + reaches us (and ntfy) as a space.
+  if (/[+/ ]/.test(value)) return "it is standard base64 (with + or /), not URL-safe base64";
   if (!/^[A-Za-z0-9_-]+$/.test(value) || value.length % 4 === 1) return "it is not base64url";
   const header = Buffer.from(value, "base64url").toString("utf8").trim();
   // ntfy matches "Bearer" case-sensitively and hands anything else to Go's BasicAuth, which ignores case.
@@ -1778,7 +1779,7 @@ async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, st
     await publish(ntfy, noteOf(summary), Math.min(cfg.httpTimeoutMs, INTERRUPTED_NOTICE_MS), undefined, undefined, 1);
     log.info(`notified ${where} that the run was interrupted`);
   } catch (error) {
-    fail(`the run was interrupted and the ${(error as Error).message}`);
+    fail(`the run was interrupted; ${(error as Error).message}`);
   }
 }
 
