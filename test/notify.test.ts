@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { buildNotification, fitList, publish, type Summary } from "../kfp-sync.ts";
 import { BIN, cleanEnv, EXAMPLES, examplesCopy, run, scratch } from "./helpers";
+import { startFaultProxy } from "./fault-proxy";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 import { startNtfyServer, type NtfyServer } from "./ntfy-server";
 
@@ -71,7 +72,7 @@ describe("notify", () => {
     expect(r.code).toBe(1);
     const note = ntfy.published[0]!;
     expect(note.title).toBe("ml/pipelines: kfp-sync failed: all 45 pipelines");
-    expect(Buffer.byteLength(note.message!)).toBeLessThanOrEqual(4096);
+    expect(Buffer.byteLength(note.message!)).toBeLessThan(4096);
     const more = /and (\d+) more/.exec(note.message!);
     expect(more).not.toBeNull();
     const listed = (note.message!.match(/_pipeline\.py/g) ?? []).length;
@@ -252,19 +253,24 @@ describe("notify", () => {
     expect(optional.stderr.trimEnd().split("\n").at(-1)!).toStartWith("✔ 1/1 compiled");
   });
 
-  async function interrupted(env: Record<string, string> = {}) {
+  /** A run with one pipeline that compiles and one that never ends; SIGTERM once `ready` holds. */
+  async function interrupted(env: Record<string, string> = {}, ready?: () => boolean) {
     const dir = scratch({ "spin_pipeline.py": "import time\nwhile True:\n    time.sleep(0.1)\n" });
     fs.copyFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), path.join(dir, "a_pipeline.py"));
     const args = ["--host", kfp.url, "--out-dir", scratch(), "--version-tag", "v20260213-143022", "--timeout", "60"];
+    if (ready) args.push("a_pipeline.py");
     const proc = Bun.spawn([BIN, ...args], { cwd: dir, env: cleanEnv({ NTFY_URL: `${ntfy.url}/gitea-ci`, NTFY_TOKEN, ...RUN_ENV, ...env }), stdout: "pipe", stderr: "pipe" });
     const stdout = new Response(proc.stdout).text();
     const reader = proc.stderr.getReader();
     const decoder = new TextDecoder();
     let stderr = "";
-    while (!/a_pipeline\.py → /.test(stderr)) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      stderr += decoder.decode(value);
+    if (ready) while (!ready() && proc.exitCode === null) await Bun.sleep(20);
+    else {
+      while (!/a_pipeline\.py → /.test(stderr)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        stderr += decoder.decode(value);
+      }
     }
     proc.kill("SIGTERM");
     for (;;) {
@@ -285,6 +291,21 @@ describe("notify", () => {
     expect(note.priority).toBe(4);
     expect(r.stderr).toContain(`notified ${ntfy.url}/gitea-ci that the run was interrupted`);
     expect(r.summary.problems.filter((p) => p.stage === "notify")).toEqual([]);
+  });
+
+  test("SIGTERM while the notification hangs: cut off, then the final notification says the run was interrupted", async () => {
+    const proxy = await startFaultProxy(ntfy.url);
+    try {
+      proxy.add({ method: "POST", times: 1, fault: { kind: "stall", ms: 60_000 } });
+      const r = await interrupted({ NTFY_URL: `${proxy.url}/gitea-ci` }, () => proxy.injected.length === 1);
+      expect(r.code).toBe(143);
+      expect(r.summary.pipelines[0]!.action).toBe("created");
+      expect(ntfy.published.map((n) => n.title)).toEqual(["ml/pipelines: kfp-sync interrupted (SIGTERM)"]);
+      expect(r.stderr).toContain("that the run was interrupted");
+      expect(r.stderr).not.toContain("cannot reach");
+    } finally {
+      await proxy.stop();
+    }
   });
 
   test("SIGTERM and ntfy refuses the final notification: reported as not sent, with ntfy's answer", async () => {
@@ -310,6 +331,21 @@ describe("publish", () => {
       expect(server.requests.length).toBe(4);
       expect((error as Error).message).toContain(`gave up after ${server.requests.length} tries`);
     } finally {
+      await server.stop();
+    }
+  });
+
+  test("no answer within the timeout is said as such, not as 'cannot reach'", async () => {
+    const server = await startNtfyServer({ token: NTFY_TOKEN });
+    const proxy = await startFaultProxy(server.url);
+    try {
+      proxy.add({ method: "POST", fault: { kind: "stall", ms: 60_000 } });
+      const note = { topic: "gitea-ci", title: "t", message: "m", priority: 3, tags: [] };
+      const error = await publish({ url: `${proxy.url}/gitea-ci`, token: NTFY_TOKEN, required: false }, note, 300).catch((e: Error) => e);
+      expect((error as Error).message).toContain(`no answer from ${new URL(proxy.url).host} within 0.3 s`);
+      expect(server.requests.length).toBe(0);
+    } finally {
+      await proxy.stop();
       await server.stop();
     }
   });
@@ -341,7 +377,7 @@ describe("notification content (pure)", () => {
       },
       "t",
     );
-    expect(Buffer.byteLength(note.message)).toBeLessThanOrEqual(4096);
+    expect(Buffer.byteLength(note.message)).toBeLessThan(4096);
     expect(note.message).toMatch(/and \d+ more/);
   });
 });
