@@ -1361,8 +1361,8 @@ export function unreadableNtfyAuth(value: string): string | undefined {
   const header = Buffer.from(value, "base64url").toString("utf8").trim();
   // ntfy matches "Bearer" case-sensitively and hands anything else to Go's BasicAuth, which ignores case.
   if (/^Bearer\s+\S+$/.test(header)) return undefined;
-  const basic = /^basic\s+([A-Za-z0-9+/]+={0,2})$/i.exec(header);
-  if (basic && Buffer.from(basic[1]!, "base64").toString("utf8").includes(":")) return undefined;
+  const basic = /^basic ([A-Za-z0-9+/]+={0,2})$/i.exec(header);
+  if (basic && basic[1]!.length % 4 === 0 && Buffer.from(basic[1]!, "base64").toString("utf8").includes(":")) return undefined;
   return 'it does not decode to an Authorization value ("Bearer tk_…" or "Basic " and base64 of user:password)';
 }
 

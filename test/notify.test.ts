@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { buildNotification, fitList, publish, type Summary } from "../kfp-sync.ts";
+import { buildNotification, fitList, publish, unreadableNtfyAuth, type Summary } from "../kfp-sync.ts";
 import { BIN, cleanEnv, EXAMPLES, examplesCopy, run, scratch } from "./helpers";
 import { startFaultProxy } from "./fault-proxy";
 import { startKfpServer, type KfpServer } from "./kfp-server";
@@ -348,6 +348,24 @@ describe("publish", () => {
       await proxy.stop();
       await server.stop();
     }
+  });
+});
+
+describe("?auth= as ntfy reads it (the recorded auth-query-* cases)", () => {
+  const raw = (text: string) => Buffer.from(text).toString("base64url");
+  const b64 = (text: string) => Buffer.from(text).toString("base64");
+  test.each([
+    ["Bearer token, base64url raw", raw("Bearer tk_0123456789abcdefghijklmnopqrs"), undefined],
+    ["Basic user:password, base64url raw", raw(`Basic ${b64("ci:pass word")}`), undefined],
+    ["lower-case basic (Go's BasicAuth ignores the case)", raw(`basic ${b64("ci:pw")}`), undefined],
+    ["padded standard base64 (ntfy: 500)", b64(`Basic ${b64("tk_bot:bot-pa55-word")}`), "= padding"],
+    ["lower-case bearer (ntfy: parsed as Basic, 401)", raw("bearer tk_0123456789abcdefghijklmnopqrs"), "does not decode"],
+    ["the bare token (ntfy: anonymous, 403)", "tk_0123456789abcdefghijklmnopqrs", "does not decode"],
+    ["Basic of something without a colon", raw(`Basic ${b64("justatoken")}`), "does not decode"],
+    ["not base64 at all", "a.b", "not base64url"],
+  ])("%s", (_, value, why) => {
+    if (why === undefined) expect(unreadableNtfyAuth(value)).toBeUndefined();
+    else expect(unreadableNtfyAuth(value)).toContain(why);
   });
 });
 
