@@ -1404,7 +1404,7 @@ export function fitList(items: string[], budget: number | ((text: string) => boo
     const candidate = [...out, items[i]!].join(", ");
     const more = rest > 0 ? ` and ${rest} more` : "";
     if (!fits(candidate + more)) {
-      return out.length > 0 ? `${out.join(", ")} and ${items.length - out.length} more` : `${items.length} pipelines`;
+      return out.length > 0 ? `${out.join(", ")} and ${items.length - out.length} more` : `${items.length} pipeline${items.length === 1 ? "" : "s"}`;
     }
     out.push(items[i]!);
   }
@@ -1443,11 +1443,13 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   });
   // The whole request counts, as sent: names full of quotes, backslashes or control characters
   // take two to six bytes each in the JSON body.
-  const fits = (list: string) => {
-    const note = noteWith(list);
-    return Buffer.byteLength(note.message) <= NTFY_MAX_MESSAGE_BYTES && Buffer.byteLength(JSON.stringify(note)) <= NTFY_MAX_BODY_BYTES;
-  };
-  return noteWith(failedNames.length > 0 ? fitList(failedNames, fits) : undefined);
+  const within = (note: Notification) =>
+    Buffer.byteLength(note.message) <= NTFY_MAX_MESSAGE_BYTES && Buffer.byteLength(JSON.stringify(note)) <= NTFY_MAX_BODY_BYTES;
+  const note = noteWith(failedNames.length > 0 ? fitList(failedNames, (list) => within(noteWith(list))) : undefined);
+  if (within(note)) return note;
+  // Only links of absurd length (--run-url, KFP_UI_URL) get here: keep the title and the counts.
+  const counts = [...head, ...(failedNames.length > 0 ? [`failed: ${failedNames.length} pipeline${failedNames.length === 1 ? "" : "s"}`] : [])].join("\n");
+  return { topic, title, message: counts, priority: note.priority, tags: note.tags };
 }
 
 /**

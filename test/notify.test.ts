@@ -379,6 +379,28 @@ describe("notification content (pure)", () => {
     expect(fitList(["a", "b"], 100)).toBe("a, b");
   });
 
+  test("links too long for ntfy's 8,192-byte body: the counts still go out", () => {
+    const runUrl = `https://gitea.example/a/b/actions/runs/1?${"x".repeat(3000)}`;
+    const summary = {
+      schemaVersion: 1 as const,
+      tool: { name: "kfp-sync" as const, version: "x" },
+      dryRun: false,
+      versionTag: "v1",
+      counts: { found: 2, compiled: 1, uploaded: 1, created: 1, versioned: 0, unchanged: 0, failed: 1 },
+      pipelines: [{ file: "a_pipeline.py", status: "failed" as const, timings: {} }, { file: "b_pipeline.py", status: "compiled" as const, action: "created" as const, timings: {} }],
+      problems: [],
+      durationMs: 1,
+      runUrl,
+    };
+    const note = buildNotification(summary, "t", "ml/pipelines", `https://kubeflow.example/${"y".repeat(2000)}`);
+    expect(Buffer.byteLength(JSON.stringify(note))).toBeLessThanOrEqual(8191);
+    expect(Buffer.byteLength(note.message)).toBeLessThan(4096);
+    expect(note.title).toBe("ml/pipelines: kfp-sync: 1 of 2 pipelines failed");
+    expect(note.message).toContain("compiled 1 · uploaded 1 (created 1, versioned 0) · unchanged 0 · failed 1");
+    expect(note.message).toContain("failed: 1 pipeline");
+    expect(note.priority).toBe(4);
+  });
+
   test("a huge multi-byte failure list still fits 4,096 bytes", () => {
     const pipelines = Array.from({ length: 500 }, (_, i) => ({ file: `${"é".repeat(40)}_${i}_pipeline.py`, status: "failed" as const, timings: {} }));
     const note = buildNotification(
