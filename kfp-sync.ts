@@ -26,7 +26,11 @@ const MAX_UPLOAD_BYTES = 32 << 20;
 const MAX_PIPELINE_NAME = 128;
 const MAX_VERSION_NAME = 127;
 const NAME_RULE = /^[a-z0-9][a-z0-9-]{0,127}$/;
-const NTFY_MAX_MESSAGE_BYTES = 4096;
+// Real ntfy 2.13 (../shared/contracts/ntfy-2.13.0): a message of 4,096 bytes or more arrives as
+// an attachment ("You received a file: attachment.txt"), a JSON body of 8,192 bytes or more is 413.
+const NTFY_MAX_MESSAGE_BYTES = 4095;
+const NTFY_MAX_BODY_BYTES = 8191;
+const INTERRUPTED_NOTICE_MS = 5000;
 
 // ─── Types ───────────────────────────────────────────────────────────────────────────────────────
 
@@ -374,7 +378,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
 
   const ntfyUrl = flag("ntfy-url") ?? env.NTFY_URL;
   const ntfyToken = flag("ntfy-token") ?? env.NTFY_TOKEN;
-  if (ntfyUrl) ntfyTarget(parseHost(ntfyUrl, "--ntfy-url/NTFY_URL")); // checked now, not after the uploads
+  const ntfyAuthSecrets = ntfyUrl ? checkNtfyUrl(ntfyUrl) : []; // checked now, not after the uploads
 
   const nameFrom = (flag("name-from") ?? env.KFP_SYNC_NAME_FROM ?? "ir") as Config["nameFrom"];
   if (nameFrom !== "ir" && nameFrom !== "file") throw new UsageError(`--name-from takes "ir" or "file", got "${nameFrom}"`);
@@ -384,8 +388,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   }
   const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
   const cookieValues = (env.KFP_COOKIE ?? "").split(";").map((c) => c.slice(c.indexOf("=") + 1).trim());
-  const ntfyAuthParam = ntfyUrl ? new URL(ntfyUrl).searchParams.get("auth") : undefined;
-  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ntfyAuthParam];
+  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ...credentialForms(ntfyAuthorization(ntfyToken)), ...ntfyAuthSecrets];
 
   const outDir = path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync");
   if (fs.existsSync(outDir) && !fs.statSync(outDir).isDirectory()) throw new UsageError(`--out-dir ${outDir} is a file, not a folder`);
@@ -1315,21 +1318,93 @@ export function ntfyTarget(topicUrl: string): { root: string; topic: string } {
   const parts = url.pathname.split("/").filter(Boolean);
   const topic = parts.pop() ?? "";
   if (!/^[-_A-Za-z0-9]{1,64}$/.test(topic)) {
-    throw new UsageError(`--ntfy-url/NTFY_URL must end with a topic name (letters, digits, - and _), got "${topicUrl}"`);
+    // Origin and path only: the query may hold ?auth=.
+    throw new UsageError(`--ntfy-url/NTFY_URL must end with a topic name (letters, digits, - and _), got "${url.origin}${url.pathname}"`);
   }
   url.pathname = parts.length > 0 ? `/${parts.join("/")}/` : "/";
   return { root: url.toString(), topic }; // the query stays: ntfy takes ?auth= on every route
 }
 
-/** Keep a list within a byte budget, ending with "and N more" when it had to cut. */
-export function fitList(items: string[], budget: number): string {
+/** ntfy reads `authorization`, then `auth`, from the query in place of the Authorization header. */
+function ntfyAuthParamOf(url: URL): string | undefined {
+  return url.searchParams.get("authorization") || url.searchParams.get("auth") || undefined;
+}
+
+/** The Authorization value for NTFY_TOKEN: user:password is Basic, even for a user named tk_…; a token is Bearer. */
+export function ntfyAuthorization(token: string | undefined): string | undefined {
+  if (!token) return undefined;
+  return token.includes(":") ? `Basic ${Buffer.from(token).toString("base64")}` : `Bearer ${token}`;
+}
+
+/** An Authorization value and the credentials inside it: every form that must never be printed. */
+function credentialForms(header: string | undefined): string[] {
+  if (!header) return [];
+  const credential = header.replace(/^\S+\s+/, "");
+  const forms = [header, credential];
+  if (/^basic\s/i.test(header)) {
+    const userPassword = Buffer.from(credential, "base64").toString("utf8");
+    forms.push(userPassword, userPassword.slice(userPassword.indexOf(":") + 1));
+  }
+  return forms;
+}
+
+/**
+ * Why ntfy could not read an ?auth= value, or undefined when it can: the whole Authorization
+ * value, "Bearer tk_…" or "Basic base64(user:password)", as base64url without padding (ntfy
+ * decodes it with Go's base64.RawURLEncoding; padded or standard base64 is a 500 there).
+ */
+export function unreadableNtfyAuth(value: string): string | undefined {
+  if (value.includes("=")) return "it has = padding, which ntfy cannot decode";
+  // An unencoded + reaches us (and ntfy) as a space.
+  if (/[+/ ]/.test(value)) return "it is standard base64 (with + or /), not URL-safe base64";
+  if (!/^[A-Za-z0-9_-]+$/.test(value) || value.length % 4 === 1) return "it is not base64url";
+  const header = Buffer.from(value, "base64url").toString("utf8").trim();
+  // ntfy matches "Bearer" case-sensitively and hands anything else to Go's BasicAuth, which ignores case.
+  if (/^Bearer\s+\S+$/.test(header)) return undefined;
+  const basic = /^basic ([A-Za-z0-9+/]+={0,2})$/i.exec(header);
+  if (basic && basic[1]!.length % 4 === 0 && Buffer.from(basic[1]!, "base64").toString("utf8").includes(":")) return undefined;
+  return 'it does not decode to an Authorization value ("Bearer tk_…" or "Basic " and base64 of user:password)';
+}
+
+/**
+ * Check NTFY_URL before anything is uploaded; returns the secrets its ?auth= holds. No error
+ * repeats the URL's query or credentials.
+ */
+export function checkNtfyUrl(value: string): string[] {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new UsageError("--ntfy-url/NTFY_URL is not a URL: give the topic URL, e.g. https://ntfy.example/ci");
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new UsageError("--ntfy-url/NTFY_URL must start with http:// or https://");
+  if (url.username || url.password) {
+    throw new UsageError("--ntfy-url/NTFY_URL must not carry credentials: give a tk_ token or user:password in --ntfy-token/NTFY_TOKEN");
+  }
+  ntfyTarget(value);
+  const auth = ntfyAuthParamOf(url);
+  if (auth === undefined) return [];
+  const why = unreadableNtfyAuth(auth);
+  if (why) {
+    throw new UsageError(
+      `--ntfy-url/NTFY_URL: ntfy cannot read its auth= parameter (${why}). auth= takes the whole Authorization ` +
+        `value, "Bearer tk_…" or "Basic " and base64 of user:password, as base64url without padding: ` +
+        `printf '%s' "Bearer $TOKEN" | base64 -w0 | tr '+/' '-_' | tr -d '='. Or leave auth= out and set --ntfy-token/NTFY_TOKEN`,
+    );
+  }
+  return [auth, ...credentialForms(Buffer.from(auth, "base64url").toString("utf8").trim())];
+}
+
+/** Keep a list within a budget (UTF-8 bytes, or a test of the whole text), ending with "and N more" when it had to cut. */
+export function fitList(items: string[], budget: number | ((text: string) => boolean)): string {
+  const fits = typeof budget === "number" ? (text: string) => Buffer.byteLength(text) <= budget : budget;
   const out: string[] = [];
   for (let i = 0; i < items.length; i++) {
     const rest = items.length - i - 1;
     const candidate = [...out, items[i]!].join(", ");
     const more = rest > 0 ? ` and ${rest} more` : "";
-    if (Buffer.byteLength(candidate + more) > budget) {
-      return out.length > 0 ? `${out.join(", ")} and ${items.length - out.length} more` : `${items.length} pipelines`;
+    if (!fits(candidate + more)) {
+      return out.length > 0 ? `${out.join(", ")} and ${items.length - out.length} more` : `${items.length} pipeline${items.length === 1 ? "" : "s"}`;
     }
     out.push(items[i]!);
   }
@@ -1340,69 +1415,86 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   const c = summary.counts;
   const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => p.name ?? p.file);
   const what = repository ? `${repository}: ` : "";
-  const title =
-    c.failed === 0
+  const title = summary.interrupted
+    ? `${what}kfp-sync interrupted (${summary.interrupted})`
+    : c.failed === 0
       ? `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
       : c.failed === c.found
         ? `${what}kfp-sync failed: all ${c.failed} pipelines`
         : `${what}kfp-sync: ${c.failed} of ${c.found} pipelines failed`;
   const head = [
+    ...(summary.interrupted ? [`interrupted by ${summary.interrupted}: what was not compiled or uploaded is listed as failed`] : []),
     `compiled ${c.compiled} · uploaded ${c.uploaded} (created ${c.created}, versioned ${c.versioned}) · unchanged ${c.unchanged} · failed ${c.failed}`,
     `version ${summary.versionTag}${summary.commit ? ` · commit ${summary.commit.slice(0, 8)}` : ""}`,
   ];
   const tail = [summary.runUrl ? `run: ${summary.runUrl}` : "", uiUrl ? `kubeflow: ${uiUrl}/#/pipelines` : ""].filter(Boolean);
-  const fixed = Buffer.byteLength([...head, ...tail].join("\n")) + 16;
-  const failedLine = failedNames.length > 0 ? [`failed: ${fitList(failedNames, NTFY_MAX_MESSAGE_BYTES - fixed)}`] : [];
   const actions: Notification["actions"] = [];
   if (summary.runUrl) actions.push({ action: "view", label: "CI run", url: summary.runUrl });
   if (uiUrl) actions.push({ action: "view", label: "Kubeflow", url: `${uiUrl}/#/pipelines` });
-  return {
+  const bad = c.failed > 0 || summary.interrupted !== undefined;
+  const noteWith = (failedList?: string): Notification => ({
     topic,
     title,
-    message: [...head, ...failedLine, ...tail].join("\n"),
-    priority: c.failed > 0 ? 4 : 3,
-    tags: c.failed > 0 ? ["warning", "kubeflow"] : ["white_check_mark", "kubeflow"],
+    message: [...head, ...(failedList === undefined ? [] : [`failed: ${failedList}`]), ...tail].join("\n"),
+    priority: bad ? 4 : 3,
+    tags: bad ? ["warning", "kubeflow"] : ["white_check_mark", "kubeflow"],
     click: summary.runUrl,
     actions: actions.length > 0 ? actions : undefined,
-  };
+  });
+  // The whole request counts, as sent: names full of quotes, backslashes or control characters
+  // take two to six bytes each in the JSON body.
+  const within = (note: Notification) =>
+    Buffer.byteLength(note.message) <= NTFY_MAX_MESSAGE_BYTES && Buffer.byteLength(JSON.stringify(note)) <= NTFY_MAX_BODY_BYTES;
+  const note = noteWith(failedNames.length > 0 ? fitList(failedNames, (list) => within(noteWith(list))) : undefined);
+  if (within(note)) return note;
+  // Only links of absurd length (--run-url, KFP_UI_URL) get here: keep the title and the counts.
+  const counts = [...head, ...(failedNames.length > 0 ? [`failed: ${failedNames.length} pipeline${failedNames.length === 1 ? "" : "s"}`] : [])].join("\n");
+  return { topic, title, message: counts, priority: note.priority, tags: note.tags };
 }
 
-/** Publish, best effort. ntfy sends no Retry-After on 429, so back off on our own. */
+/**
+ * Publish, best effort. The request limit (429/42901) is retried with backoff, as ntfy sends no
+ * Retry-After; too many failed logins (429/42909) is not, since ntfy now refuses every login
+ * from this address for a while and each try would only count as one more failure.
+ */
 export async function publish(
   ntfy: NonNullable<Config["ntfy"]>,
   note: Notification,
   timeoutMs: number,
   stop: AbortSignal = new AbortController().signal,
   sleep: (ms: number) => Promise<void> = Bun.sleep,
+  tries = 4,
 ): Promise<void> {
   const { root } = ntfyTarget(ntfy.url);
-  const auth = ntfy.token
-    ? ntfy.token.includes(":") && !ntfy.token.startsWith("tk_")
-      ? `Basic ${Buffer.from(ntfy.token).toString("base64")}`
-      : `Bearer ${ntfy.token}`
-    : undefined;
+  const auth = ntfyAuthorization(ntfy.token);
   const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false });
-  for (let attempt = 0; ; attempt++) {
+  for (let attempt = 1; ; attempt++) {
     try {
       await $ntfy(root, { method: "POST", body: note, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) });
       return;
     } catch (error) {
       const fe = error as FetchError;
       const status = fe.response?.status;
-      if (status === 429 && attempt < 3 && !stop.aborted) {
-        await sleep(1000 * 2 ** attempt);
+      const code = (fe.data as { code?: unknown } | undefined)?.code;
+      if (status === 429 && code !== 42909 && attempt < tries && !stop.aborted) {
+        await sleep(1000 * 2 ** (attempt - 1));
         continue;
       }
       const detail = serverMessage(fe.data);
       const hint =
         status === 401 || status === 403
           ? "check NTFY_TOKEN (a tk_ token or user:password) and that it may write to the topic"
-          : status === 429
-            ? "ntfy rate-limited this runner; it gave up after 3 tries"
-            : status
-              ? ""
-              : `cannot reach ${new URL(root).host}`;
-      throw new Error(`notification not sent: ${status ? `HTTP ${status}` : (fe.cause as Error)?.message ?? fe.message}${detail ? ` — ${detail}` : ""}${hint ? ` (${hint})` : ""}`, { cause: error });
+          : status === 429 && code === 42909
+            ? "earlier credentials from this address were refused too often, so ntfy refuses every login from it for now: wait a minute, then check NTFY_TOKEN"
+            : status === 429
+              ? `ntfy rate-limited this runner; gave up after ${attempt} ${attempt === 1 ? "try" : "tries"}`
+              : status
+                ? ""
+                : (fe.cause as Error)?.name === "TimeoutError"
+                  ? `no answer from ${new URL(root).host} within ${timeoutMs / 1000} s`
+                  : `cannot reach ${new URL(root).host}`;
+      const what = stop.aborted ? "the run was interrupted" : status ? `HTTP ${status}` : ((fe.cause as Error)?.message ?? fe.message);
+      throw new Error(`notification not sent: ${what}${detail ? ` — ${detail}` : ""}${hint && !stop.aborted ? ` (${hint})` : ""}`, { cause: error });
     }
   }
 }
@@ -1493,7 +1585,7 @@ export function writeActionsFiles(summary: Summary, env: Env, secrets: string[],
 }
 
 /** Stage 5: JSON on stdout, Actions files where the runner gives them, annotations on GitHub, a last line. */
-export function report(summary: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }): void {
+export function report(summary: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }, ntfyRequired = false): void {
   process.stdout.write(scrub(JSON.stringify(summary, null, 2), secrets) + "\n");
   writeActionsFiles(summary, env, secrets, log);
   if (env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY) log.log(stepSummary(summary)); // Gitea < 1.27 ignores the file
@@ -1501,7 +1593,10 @@ export function report(summary: Summary, env: Env, secrets: string[], log: { war
   if (onGitHub) for (const line of annotations(summary)) process.stderr.write(scrub(line, secrets) + "\n");
   const c = summary.counts;
   const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed · ${(summary.durationMs / 1000).toFixed(1)} s`;
-  if (c.failed > 0) log.error(line);
+  // The last line is what people read: with --ntfy-required a lost notification fails the run, say so.
+  const notifyProblem = ntfyRequired ? summary.problems.find((p) => p.stage === "notify") : undefined;
+  if (notifyProblem) log.error(`run failed, --ntfy-required: ${notifyProblem.message} · ${line}`);
+  else if (c.failed > 0) log.error(line);
   else log.success(line);
 }
 
@@ -1536,7 +1631,7 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
   const compiled = await compileStage(files, cfg, log, reports);
   const server = await uploadStage(compiled, cfg, log, reports, state);
   const summary = summarize(cfg, compiled.kfp, server, reports, state);
-  await notifyStage(summary, cfg, env, log, state.abort.signal);
+  await notifyStage(summary, cfg, env, log, state);
   summary.interrupted = state.signal; // a signal during notify counts too
   summary.durationMs = Math.round(performance.now() - started);
   return summary;
@@ -1650,23 +1745,43 @@ function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"
   };
 }
 
-async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, stop: AbortSignal): Promise<void> {
-  if (!cfg.ntfy) return;
-  const built = buildNotification(summary, ntfyTarget(cfg.ntfy.url).topic, env.GITHUB_REPOSITORY, summary.server ? cfg.uiUrl : undefined);
-  const note = JSON.parse(scrub(JSON.stringify(built), cfg.secrets)) as Notification;
-  const where = cfg.ntfy.url.split("?")[0];
-  if (cfg.dryRun) {
-    log.info(`dry run: would notify ${where}:\n${JSON.stringify(note, null, 2)}`);
+async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, state: RunState): Promise<void> {
+  if (!cfg.ntfy) {
+    log.info("no --ntfy-url/NTFY_URL: no notification is sent");
     return;
   }
-  try {
-    await publish(cfg.ntfy, note, cfg.httpTimeoutMs, stop);
-    log.success(`notified ${where}`);
-  } catch (error) {
-    const problem: Problem = { stage: "notify", message: (error as Error).message, hint: cfg.ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
+  const ntfy = cfg.ntfy;
+  const topic = ntfyTarget(ntfy.url).topic;
+  const noteOf = (s: Summary) =>
+    JSON.parse(scrub(JSON.stringify(buildNotification(s, topic, env.GITHUB_REPOSITORY, s.server ? cfg.uiUrl : undefined)), cfg.secrets)) as Notification;
+  const where = ntfy.url.split("?")[0];
+  if (cfg.dryRun) {
+    log.info(`dry run: would notify ${where}:\n${JSON.stringify(noteOf(summary), null, 2)}`);
+    return;
+  }
+  const fail = (message: string) => {
+    const problem: Problem = { stage: "notify", message, hint: ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
     summary.problems.push(problem);
-    if (cfg.ntfy.required) log.error(problem.message);
+    if (ntfy.required) log.error(problem.message);
     else log.warn(`${problem.message} — the sync itself is unaffected`);
+  };
+  if (!state.stopped) {
+    try {
+      await publish(ntfy, noteOf(summary), cfg.httpTimeoutMs, state.abort.signal);
+      log.success(`notified ${where}`);
+      return;
+    } catch (error) {
+      if (!state.stopped) return fail((error as Error).message);
+    }
+  }
+  // The signal cut every request in flight, this one's too. One short try of its own, not
+  // retried, so that a stopped job still says it stopped; a second signal exits at once.
+  summary.interrupted = state.signal;
+  try {
+    await publish(ntfy, noteOf(summary), Math.min(cfg.httpTimeoutMs, INTERRUPTED_NOTICE_MS), undefined, undefined, 1);
+    log.info(`notified ${where} that the run was interrupted`);
+  } catch (error) {
+    fail(`the run was interrupted; ${(error as Error).message}`);
   }
 }
 
@@ -1704,7 +1819,7 @@ const command = defineCommand({
     cfg.runUrl ??= runUrlFrom(env, cfg.host ? await giteaVersionOf(env) : undefined);
 
     const summary = await sync(cfg, log, env, state);
-    report(summary, env, secrets, log);
+    report(summary, env, secrets, log, cfg.ntfy?.required ?? false);
     process.exitCode = exitCodeOf(summary, cfg.ntfy?.required ?? false);
   },
 });
