@@ -30,9 +30,10 @@ const MAX_NAMESPACE = 63;
 // Tags: at most 20, keys and values at most 63 (the server refuses the whole upload beyond).
 const MAX_TAGS = 20;
 const MAX_TAG_TEXT = 63;
-// Descriptions have no API limit, but the query rides in the request line, which Go caps with the
-// headers at 1 MiB (431); percent-encoding triples non-ASCII bytes. Far below, with room to spare.
-const MAX_DESCRIPTION_BYTES = 64 * 1024;
+// Descriptions have no API limit, but the query rides in the request line: Go caps it with the
+// headers at 1 MiB (431), and proxies in front of KFP far lower (nginx ingress: 8 KiB buffers by
+// default). So the description, as percent-encoded, is kept within 6 KiB.
+const MAX_DESCRIPTION_ENCODED = 6 * 1024;
 const NAME_RULE = /^[a-z0-9][a-z0-9-]{0,127}$/;
 const NTFY_MAX_MESSAGE_BYTES = 4096;
 
@@ -1014,8 +1015,8 @@ function oneLine(text: string): string {
 
 const STATUS_HINTS: Record<number, string> = {
   400: "the server rejected the request as invalid",
-  401: "the server wants credentials: set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or KFP_COOKIE",
-  403: "the credentials lack access: check the namespace (--namespace/KFP_NAMESPACE) and your profile's RBAC",
+  401: "no identity reached the server: set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or KFP_COOKIE",
+  403: "the server knows who you are and refused: check the namespace (--namespace/KFP_NAMESPACE) and your profile's RBAC",
   404: "not found: check --host/KFP_HOST points at the ml-pipeline API, not the UI",
   409: "it already exists on the server",
   413: "the pipeline is larger than the server accepts (32 MiB)",
@@ -1087,6 +1088,7 @@ export function kfpClient(
   const call = async (what: string, route: string, query: Record<string, string | undefined> | undefined, init: { method?: "POST"; body?: FormData; timeoutMs: number }): Promise<unknown> => {
     const response = await $kfp.raw(`${route}${queryString(query)}`, { method: init.method, body: init.body, redirect: "manual", signal: AbortSignal.any([stop, AbortSignal.timeout(init.timeoutMs)]) });
     const data: unknown = response._data;
+    if (response.status >= 300 && response.status < 400) throw notKfpError(what, notApiAnswer(response.status, response.headers.get("location") ?? "", ""), response.status);
     if (looksLikeHtml(response.headers.get("content-type"), data)) throw notKfpError(what, notApiAnswer(response.status, undefined, String(data)), response.status);
     return data;
   };
@@ -1321,14 +1323,24 @@ function cutBytes(text: string, bytes: number): string {
   return buf.subarray(0, end).toString("utf8");
 }
 
-/** A description within MAX_DESCRIPTION_BYTES; `keep` (the fingerprint line) always survives whole. */
+/**
+ * A description whose percent-encoded form fits MAX_DESCRIPTION_ENCODED; `keep` (the line with the
+ * fingerprint) always survives whole, the pipeline's own text is cut with a note.
+ */
 export function fitDescription(text: string | undefined, keep: string, warn?: (message: string) => void): string {
   const joined = [text, keep].filter(Boolean).join("\n\n");
-  if (!text || Buffer.byteLength(joined) <= MAX_DESCRIPTION_BYTES) return joined;
-  const note = ` … [cut by kfp-sync: ${Buffer.byteLength(text)} bytes is more than a request line can carry]`;
-  const room = MAX_DESCRIPTION_BYTES - Buffer.byteLength(`${note}\n\n${keep}`);
-  warn?.(`description cut to ${room} of its ${Buffer.byteLength(text)} bytes: the server takes the query in the request line (at most 1 MiB with the headers)`);
-  return `${cutBytes(text, Math.max(0, room))}${note}\n\n${keep}`;
+  if (!text || encodeURIComponent(joined).length <= MAX_DESCRIPTION_ENCODED) return joined;
+  const bytes = Buffer.byteLength(text);
+  const note = ` … [cut by kfp-sync: ${bytes} bytes is more than a request line can carry]`;
+  let room = MAX_DESCRIPTION_ENCODED - encodeURIComponent(`${note}\n\n${keep}`).length;
+  let cut = "";
+  for (const ch of text) {
+    room -= encodeURIComponent(ch).length;
+    if (room < 0) break;
+    cut += ch;
+  }
+  warn?.(`description cut to ${Buffer.byteLength(cut)} of its ${bytes} bytes: the server takes it in the request line, which the server and proxies before it cap`);
+  return `${cut}${note}\n\n${keep}`;
 }
 
 function linkTo(ctx: UploadContext, pipelineId?: string, versionId?: string): string | undefined {
