@@ -375,3 +375,33 @@ describe("a version uploaded by someone else (no kfp-sync marker) of the same sp
     }
   });
 });
+
+test("the kfp-kubernetes examples: the platform spec is uploaded, survives the round trip, re-syncs unchanged (with and without the marker)", async () => {
+  const kfp = await startKfpServer();
+  try {
+    const files = ["qlora_pdf_pipeline.py", "vllm_tuning_pipeline.py", "dvd_transcription_pipeline.py"];
+    const dir = scratch(Object.fromEntries(files.map((f) => [f, { from: path.join(EXAMPLES, f) }])));
+    const first = await sync(dir, kfp.url);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.json().counts).toMatchObject({ created: 3, failed: 0 });
+    const platforms = kfp.state().versions.map((v) => Object.keys((v.pipeline_spec as any).platform_spec.platforms.kubernetes.deploymentSpec.executors).sort());
+    expect(platforms.sort()).toEqual([["exec-benchmark-config"], ["exec-extract-text", "exec-list-pdfs"], ["exec-transcribe"]]);
+    const again = await sync(dir, kfp.url);
+    expect(again.json().counts).toMatchObject({ unchanged: 3, failed: 0 });
+
+    // Uploaded by someone else (no marker): the spec comparison alone, platform spec included.
+    kfp.reset();
+    for (const f of files) {
+      const yaml = fs.readFileSync(path.join(dir, ".out", f.replace(/\.py$/, ".yaml")));
+      const name = YAML.parseAllDocuments(yaml.toString())[0]!.toJS().pipelineInfo.name;
+      const form = new FormData();
+      form.append("uploadfile", new Blob([yaml]), `${name}.yaml`);
+      expect((await fetch(`${kfp.url}/apis/v2beta1/pipelines/upload?name=${name}`, { method: "POST", body: form })).status).toBe(200);
+    }
+    const unmarked = await sync(dir, kfp.url);
+    expect(unmarked.json().counts).toMatchObject({ unchanged: 3, failed: 0 });
+    expect(writes(kfp).length).toBe(3);
+  } finally {
+    await kfp.stop();
+  }
+});
