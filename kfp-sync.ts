@@ -1834,7 +1834,7 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     return server;
   }
   const auth = cfg.auth.kind === "none" ? "no credentials" : `${cfg.auth.kind} from ${cfg.auth.source}`;
-  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? "multi-user" : "single-user"}, ${auth}`);
+  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? `multi-user (${cfg.shared ? "shared pipelines" : `namespace ${cfg.namespace}`})` : "single-user"}, ${auth}`);
   const skew = skewWarning(server.version, compiled.kfp?.sdk);
   if (skew) log.warn(skew);
   const warned = new Set<string>();
