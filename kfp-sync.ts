@@ -1030,9 +1030,7 @@ function toKfpError(error: unknown, what: string, host: string, timeoutMs: numbe
   if (error instanceof KfpError) return error;
   const fe = error as FetchError;
   const status = fe.response?.status;
-  if (status && status >= 300 && status < 400) {
-    return notKfpError(what, notApiAnswer(status, fe.response?.headers.get("location") ?? "", ""), status);
-  }
+  // An error page in HTML (a login page's 401, the UI's 404): say what it is, not its markup.
   if (status && looksLikeHtml(fe.response?.headers.get("content-type") ?? null, fe.data)) {
     return notKfpError(what, notApiAnswer(status, undefined, String(fe.data)), status);
   }
