@@ -1247,7 +1247,12 @@ async function findPipeline(ctx: UploadContext, name: string): Promise<KfpPipeli
     // Looked up by name without a namespace, the server returns the newest pipeline of that name
     // in any namespace; listing without one returns only the shared ones.
     const filter = JSON.stringify({ predicates: [{ key: "name", operation: "EQUALS", string_value: name }] });
-    const page = await ctx.api.read<{ pipelines?: KfpPipeline[] }>(what, "/pipelines", { filter, page_size: "200" });
+    const page = await ctx.api.read<{ pipelines?: KfpPipeline[] }>(what, "/pipelines", { filter, page_size: "200" }).catch((error: unknown) => {
+      if (error instanceof KfpError && error.status === 400 && /Namespace is required/.test(error.message)) {
+        throw new KfpError(`${what}: this server allows no shared pipelines (REQUIRE_NAMESPACE_FOR_PIPELINES): use --namespace/KFP_NAMESPACE instead of --shared`, 400, false, { cause: error });
+      }
+      throw error;
+    });
     const found = (page.pipelines ?? []).find((p) => p.name === name && !p.namespace);
     return found && mustCarry(what, found, "pipeline_id", "a pipeline");
   }

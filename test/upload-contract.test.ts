@@ -221,6 +221,18 @@ describe("multi-user: shared pipelines, identity", () => {
     expect(both.stderr).toContain("--shared/KFP_SHARED and --namespace/KFP_NAMESPACE exclude each other");
   });
 
+  test("--shared on a server that requires a namespace: said as such, nothing written", async () => {
+    const strict = await startKfpServer({ multiUser: true, requireNamespace: true });
+    try {
+      const r = await sync(one(), strict.url, ["--shared"]);
+      expect(r.code).toBe(1);
+      expect(r.json().pipelines[0]!.error.message).toContain("this server allows no shared pipelines (REQUIRE_NAMESPACE_FOR_PIPELINES): use --namespace/KFP_NAMESPACE instead of --shared");
+      expect(writes(strict)).toEqual([]);
+    } finally {
+      await strict.stop();
+    }
+  });
+
   const recorded401 = {
     code: 16,
     message: "Failed to get a pipeline with name model-evaluation and namespace team-a. Check error stack.: Failed to fetch a pipeline due to authorization error. Check if you have read permission to namespace team-a: Failed to access pipeline . Check if you have access to namespace team-a: Unauthenticated: Failed to check authorization. User identity is empty in the request header: Unauthenticated: Request header error: there is no user identity header.: Request header error: there is no user identity header.",
