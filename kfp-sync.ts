@@ -23,8 +23,17 @@ const SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token";
 // Limits the KFP API server enforces (pipeline_upload_server.go, resource validation); checked
 // before sending so a bad pipeline fails with a clear local message instead of a server error.
 const MAX_UPLOAD_BYTES = 32 << 20;
+// Name limits count bytes, as the server does (validation/length.go): 43 × "日" is 129 bytes.
 const MAX_PIPELINE_NAME = 128;
 const MAX_VERSION_NAME = 127;
+const MAX_NAMESPACE = 63;
+// Tags: at most 20, keys and values at most 63 (the server refuses the whole upload beyond).
+const MAX_TAGS = 20;
+const MAX_TAG_TEXT = 63;
+// Descriptions have no API limit, but the query rides in the request line: Go caps it with the
+// headers at 1 MiB (431), and proxies in front of KFP far lower (nginx ingress: 8 KiB buffers by
+// default). So the description, as percent-encoded, is kept within 6 KiB.
+const MAX_DESCRIPTION_ENCODED = 6 * 1024;
 const NAME_RULE = /^[a-z0-9][a-z0-9-]{0,127}$/;
 // Real ntfy 2.13 (../shared/contracts/ntfy-2.13.0): a message of 4,096 bytes or more arrives as
 // an attachment ("You received a file: attachment.txt"), a JSON body of 8,192 bytes or more is 413.
@@ -145,7 +154,8 @@ export const args = {
   "dry-run": { type: "boolean", description: "Find and compile; with a host, only read what would change. No writes (env KFP_SYNC_DRY_RUN)" },
   host: { type: "string", description: `KFP API server (env KFP_HOST) [${DEFAULT_HOST}]` },
   "ui-url": { type: "string", description: "KFP UI base for links (env KFP_UI_URL) [the host]" },
-  namespace: { type: "string", description: "Kubernetes namespace of the pipelines; required in multi-user mode (env KFP_NAMESPACE)" },
+  namespace: { type: "string", description: "Kubernetes namespace of the pipelines; in multi-user mode this or --shared (env KFP_NAMESPACE)" },
+  shared: { type: "boolean", description: "Multi-user mode: upload as shared pipelines, visible to every namespace, instead of --namespace (env KFP_SHARED)" },
   token: { type: "string", description: "Bearer token (env KFP_TOKEN; else the file in KF_PIPELINES_SA_TOKEN_PATH or the service-account token; else KFP_COOKIE)" },
   "name-from": { type: "enum", options: ["ir", "file"], description: "Pipeline name from the IR's pipelineInfo.name or from the file name (env KFP_SYNC_NAME_FROM) [ir]" },
   "version-tag": { type: "string", description: "Version name for this run (env KFP_SYNC_VERSION_TAG) [vYYYYMMDD-HHMMSS, UTC]" },
@@ -185,6 +195,8 @@ export interface Config {
   host?: string;
   uiUrl?: string;
   namespace?: string;
+  /** No namespace on purpose: shared pipelines on a multi-user server. */
+  shared: boolean;
   auth: Auth;
   nameFrom: "ir" | "file";
   versionTag: string;
@@ -383,12 +395,19 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   const nameFrom = (flag("name-from") ?? env.KFP_SYNC_NAME_FROM ?? "ir") as Config["nameFrom"];
   if (nameFrom !== "ir" && nameFrom !== "file") throw new UsageError(`--name-from takes "ir" or "file", got "${nameFrom}"`);
   const versionTag = flag("version-tag") ?? env.KFP_SYNC_VERSION_TAG ?? versionTagFor(now);
-  if (!NAME_RULE.test(versionTag) || versionTag.length > MAX_VERSION_NAME) {
+  if (!NAME_RULE.test(versionTag) || Buffer.byteLength(versionTag) > MAX_VERSION_NAME) {
     throw new UsageError(`version tag "${versionTag}" breaks the server's name rule ${NAME_RULE.source} (max ${MAX_VERSION_NAME})`);
   }
   const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
   const cookieValues = (env.KFP_COOKIE ?? "").split(";").map((c) => c.slice(c.indexOf("=") + 1).trim());
   const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ...credentialForms(ntfyAuthorization(ntfyToken)), ...ntfyAuthSecrets];
+
+  const namespace = flag("namespace") ?? env.KFP_NAMESPACE;
+  const shared = bool("shared", "KFP_SHARED");
+  if (namespace !== undefined && Buffer.byteLength(namespace) > MAX_NAMESPACE) {
+    throw new UsageError(`--namespace/KFP_NAMESPACE is ${Buffer.byteLength(namespace)} bytes; the server allows ${MAX_NAMESPACE} (a Kubernetes namespace name)`);
+  }
+  if (namespace && shared) throw new UsageError("--shared/KFP_SHARED and --namespace/KFP_NAMESPACE exclude each other: a pipeline is either shared or in one namespace");
 
   const outDir = path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync");
   if (fs.existsSync(outDir) && !fs.statSync(outDir).isDirectory()) throw new UsageError(`--out-dir ${outDir} is a file, not a folder`);
@@ -408,7 +427,8 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     dryRun,
     host,
     uiUrl: uiValue ? parseHost(uiValue, "--ui-url/KFP_UI_URL") : host,
-    namespace: flag("namespace") ?? env.KFP_NAMESPACE,
+    namespace,
+    shared,
     auth,
     nameFrom,
     versionTag,
@@ -916,6 +936,13 @@ interface KfpHealth {
 /** A failed call to the KFP API, with the server's own message and what to do about it. */
 export class KfpError extends Error {
   override name = "KfpError";
+  /**
+   * The answer shows kfp-sync is not talking to the KFP API as itself (a login page, the UI, a
+   * proxy's `{}`, a refused identity): no further write can go well, so the run stops writing.
+   */
+  notKfp = false;
+  /** Met by a read (or healthz) with notKfp, 401 or 403: no write of this run should follow. */
+  onRead = false;
   constructor(
     message: string,
     readonly status?: number,
@@ -925,6 +952,42 @@ export class KfpError extends Error {
   ) {
     super(message, options);
   }
+}
+
+/** An answer that is not the KFP API's, said as what it most likely is (issues 9 and 15). */
+function notKfpError(what: string, reason: string, status?: number): KfpError {
+  const error = new KfpError(`${what}: ${reason}`, status);
+  error.notKfp = true;
+  return error;
+}
+
+// A login page means an identity-aware proxy (Dex, oauth2-proxy, authservice) did not accept us.
+const LOGIN_PAGE = /dex|oauth2|oidc|authservice|sign[ _-]?in|log[ _-]?in|\/auth\b|keycloak/i;
+const LOGIN_ADVICE = "check KFP_TOKEN/KFP_COOKIE (an expired or missing session) or point --host/KFP_HOST at ml-pipeline directly";
+
+/** What an HTML answer or a redirect means, for a person. */
+function notApiAnswer(status: number, location: string | undefined, body: string): string {
+  if (location !== undefined) {
+    return LOGIN_PAGE.test(location)
+      ? `the server redirected to a login page (${location.split("?")[0]}): the credentials were not accepted; ${LOGIN_ADVICE}`
+      : `the server redirected to ${location.split("?")[0]} instead of answering: check --host/KFP_HOST (http vs https, the path)`;
+  }
+  if (LOGIN_PAGE.test(body)) return `the server answered with a login page (HTTP ${status}): the credentials were not accepted; ${LOGIN_ADVICE}`;
+  return `the server answered with a web page (HTTP ${status}), not the KFP API: --host/KFP_HOST most likely points at the KFP UI (ml-pipeline-ui) or another web server; point it at the API server, e.g. ${DEFAULT_HOST}`;
+}
+
+function looksLikeHtml(contentType: string | null, body: unknown): boolean {
+  return /html/i.test(contentType ?? "") || (typeof body === "string" && /^\s*</.test(body));
+}
+
+/**
+ * Every value percent-encoded on its own. Go refuses a whole query holding a raw `;` or a bad
+ * %-escape (the upload then fails as "Failed to read pipeline from file"), and reads a raw `+` as
+ * a space; ofetch's serializer leaves `;` raw (issue 15).
+ */
+export function queryString(query: Record<string, string | undefined> = {}): string {
+  const pairs = Object.entries(query).filter(([, v]) => v !== undefined && v !== "");
+  return pairs.length === 0 ? "" : `?${pairs.map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(v!)}`).join("&")}`;
 }
 
 /** The server's message from either body shape: gateway `{code,message}`, upload `{error_message}`, or text. */
@@ -941,7 +1004,9 @@ export function serverMessage(data: unknown): string | undefined {
     const b = body as Record<string, unknown>;
     // Gateway errors carry the clean text in details[0].error_message and the whole chain in message.
     const detail = Array.isArray(b.details) ? (b.details[0] as Record<string, unknown> | undefined)?.error_message : undefined;
-    const message = detail ?? b.error_message ?? b.message ?? b.error;
+    // The real 2.17 gateway puts the clean text in details[0].message (a google.rpc.Status).
+    const first = Array.isArray(b.details) ? (b.details[0] as Record<string, unknown> | undefined) : undefined;
+    const message = detail ?? (typeof first?.message === "string" ? first.message : undefined) ?? b.error_message ?? b.message ?? b.error;
     if (typeof message === "string" && message) return oneLine(message);
   }
   return undefined;
@@ -953,8 +1018,8 @@ function oneLine(text: string): string {
 
 const STATUS_HINTS: Record<number, string> = {
   400: "the server rejected the request as invalid",
-  401: "the server wants credentials: set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or KFP_COOKIE",
-  403: "the credentials lack access: check the namespace (--namespace/KFP_NAMESPACE) and your profile's RBAC",
+  401: "no identity reached the server: set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or KFP_COOKIE",
+  403: "the server knows who you are and refused: check the namespace (--namespace/KFP_NAMESPACE) and your profile's RBAC",
   404: "not found: check --host/KFP_HOST points at the ml-pipeline API, not the UI",
   409: "it already exists on the server",
   413: "the pipeline is larger than the server accepts (32 MiB)",
@@ -968,6 +1033,10 @@ function toKfpError(error: unknown, what: string, host: string, timeoutMs: numbe
   if (error instanceof KfpError) return error;
   const fe = error as FetchError;
   const status = fe.response?.status;
+  // An error page in HTML (a login page's 401, the UI's 404): say what it is, not its markup.
+  if (status && looksLikeHtml(fe.response?.headers.get("content-type") ?? null, fe.data)) {
+    return notKfpError(what, notApiAnswer(status, undefined, String(fe.data)), status);
+  }
   if (status) {
     const detail = serverMessage(fe.data) ?? fe.response?.statusText ?? "";
     const hint = STATUS_HINTS[status] ?? (status >= 500 ? STATUS_HINTS[500] : "");
@@ -1015,20 +1084,29 @@ export function kfpClient(
     retry: false,
     onResponse: ({ request, response, options }) => log.debug(`${options.method ?? "GET"} ${String(request)} → ${response.status}`),
   });
-  const clean = (query?: Record<string, string | undefined>) =>
-    Object.fromEntries(Object.entries(query ?? {}).filter(([, v]) => v !== undefined && v !== ""));
+  // Redirects are not followed: a gateway sends an expired session to its login page, and the
+  // page's 200 must not pass for the API's answer.
+  const call = async (what: string, route: string, query: Record<string, string | undefined> | undefined, init: { method?: "POST"; body?: FormData; timeoutMs: number }): Promise<unknown> => {
+    const response = await $kfp.raw(`${route}${queryString(query)}`, { method: init.method, body: init.body, redirect: "manual", signal: AbortSignal.any([stop, AbortSignal.timeout(init.timeoutMs)]) });
+    const data: unknown = response._data;
+    if (response.status >= 300 && response.status < 400) throw notKfpError(what, notApiAnswer(response.status, response.headers.get("location") ?? "", ""), response.status);
+    if (looksLikeHtml(response.headers.get("content-type"), data)) throw notKfpError(what, notApiAnswer(response.status, undefined, String(data)), response.status);
+    return data;
+  };
 
   return {
     async read<T>(what: string, route: string, query?: Record<string, string | undefined>): Promise<T> {
       for (let attempt = 0; ; attempt++) {
         try {
-          const data: unknown = await $kfp(route, { query: clean(query), signal: AbortSignal.any([stop, AbortSignal.timeout(cfg.httpTimeoutMs)]) });
+          const data = await call(what, route, query, { timeoutMs: cfg.httpTimeoutMs });
           // A body cut off mid-way parses as a string, not an object.
           if (!data || typeof data !== "object") throw new KfpError(`${what}: the server sent a malformed answer`, undefined, true);
           return data as T;
         } catch (error) {
           if (stop.aborted) throw new KfpError(`${what}: interrupted`);
           const failure = toKfpError(error, what, host, cfg.httpTimeoutMs);
+          // A read that meets a login page or a refused identity stops the run before it writes.
+          if (failure.notKfp || failure.status === 401 || failure.status === 403) failure.onRead = true;
           if (!retryable(failure) || attempt >= cfg.retries) throw failure;
           const delay = Math.min(8000, 250 * 2 ** attempt) * (0.75 + Math.random() * 0.5);
           log.warn(`${failure.message}; retrying in ${(delay / 1000).toFixed(1)} s (${attempt + 1}/${cfg.retries})`);
@@ -1041,7 +1119,7 @@ export function kfpClient(
       form.append("uploadfile", new Blob([file.text], { type: "application/x-yaml" }), file.name);
       try {
         // Uploads are large and the server validates them: give them more time than a read.
-        return await $kfp<T>(route, { method: "POST", query: clean(query), body: form, signal: AbortSignal.any([stop, AbortSignal.timeout(cfg.httpTimeoutMs * 4)]) });
+        return (await call(what, route, query, { method: "POST", body: form, timeoutMs: cfg.httpTimeoutMs * 4 })) as T;
       } catch (error) {
         if (stop.aborted) throw new KfpError(`${what}: interrupted while sending; the next sync will see whether it arrived`);
         const failure = toKfpError(error, what, host, cfg.httpTimeoutMs * 4);
@@ -1070,12 +1148,26 @@ function canonical(value: unknown, inValue = false): unknown {
     }
     return inValue || Object.keys(out).length > 0 ? out : undefined;
   }
+  // A str default that kfp's YAML 1.1 writer leaves unquoted ("1e-4", "0o17") is read by the
+  // server as a number and stored so; either form is the same spec (contract get-version-defaults).
+  if (inValue) return typeof value === "string" ? (yamlNumber(value) ?? value) : value;
   // proto3 does not marshal a message field's default scalar; it means the same as no field.
-  if (inValue) return value;
   return value === null || value === false || value === 0 || value === "" ? undefined : value;
 }
 
-function fingerprintOf(pipelineSpec: unknown, platformSpec: unknown): string {
+/**
+ * The number the server makes of a string that YAML 1.1 (kfp's PyYAML) leaves unquoted but YAML
+ * 1.2 (the server's) reads as a number: an exponent without a dot or without a sign, `0o` octal.
+ * Other numeric-looking strings are quoted by kfp and stay strings on the server, so "1" and "+1"
+ * remain different.
+ */
+function yamlNumber(text: string): number | undefined {
+  if (!/^[-+]?(?:[0-9]+[eE][-+]?[0-9]+|[0-9]*\.[0-9]*[eE][0-9]+)$|^0o[0-7]+$/.test(text)) return undefined;
+  const n: unknown = YAML.parse(text);
+  return typeof n === "number" && Number.isFinite(n) ? n : undefined;
+}
+
+export function fingerprintOf(pipelineSpec: unknown, platformSpec: unknown): string {
   const spec = pipelineSpec && typeof pipelineSpec === "object" ? { ...(pipelineSpec as Record<string, unknown>) } : {};
   delete spec.sdkVersion;
   const json = JSON.stringify(canonical({ pipeline_spec: spec, platform_spec: platformSpec ?? null }) ?? null);
@@ -1108,7 +1200,8 @@ export function nameFromFile(file: string): string {
 
 /** Problems the server would reject, found before anything is sent. */
 export function checkUploadable(name: string, yaml: string): string | undefined {
-  if (name.length > MAX_PIPELINE_NAME) return `pipeline name "${name}" is ${name.length} characters; the server allows ${MAX_PIPELINE_NAME}`;
+  const nameBytes = Buffer.byteLength(name);
+  if (nameBytes > MAX_PIPELINE_NAME) return `pipeline name "${name}" is ${nameBytes} bytes; the server allows ${MAX_PIPELINE_NAME}`;
   if (!NAME_RULE.test(name)) return `pipeline name "${name}" breaks the server's name rule ${NAME_RULE.source}: use lowercase letters, digits and dashes`;
   const bytes = Buffer.byteLength(yaml);
   if (bytes > MAX_UPLOAD_BYTES) return `compiled spec is ${(bytes / 2 ** 20).toFixed(1)} MiB; the server accepts at most 32 MiB`;
@@ -1118,6 +1211,11 @@ export function checkUploadable(name: string, yaml: string): string | undefined 
 export interface UploadContext {
   api: KfpApi;
   namespace?: string;
+  /** Multi-user server and --shared: pipelines without a namespace, looked up among the shared ones. */
+  shared?: boolean;
+  multiUser?: boolean;
+  /** Whether any credentials go with the requests, for advice on refusals (never the value). */
+  authKind?: Auth["kind"];
   versionTag: string;
   force: boolean;
   dryRun: boolean;
@@ -1125,6 +1223,10 @@ export interface UploadContext {
   describe: (spec: CompiledSpec) => string;
   /** Labels for pipelines and versions; only servers from 2.17 on know the `tags` parameter. */
   tags?: Record<string, string>;
+  /** Said once per cut value (a description or tag the server would refuse). */
+  warn?: (message: string) => void;
+  /** Set by the first answer that shows no write can go well: no write is sent after it. */
+  halt?: { error?: KfpError };
 }
 
 type UploadPlan =
@@ -1132,40 +1234,138 @@ type UploadPlan =
   | { kind: "version"; pipeline: KfpPipeline }
   | { kind: "unchanged"; pipeline: KfpPipeline; version: KfpPipelineVersion };
 
+/** An answer must carry the id that makes it what it claims to be; `{}` from a proxy is not "not found". */
+function mustCarry<T>(what: string, data: T, key: string, thing: string, onRead = true): T {
+  const id = (data as Record<string, unknown> | null)?.[key];
+  if (typeof id === "string" && id !== "") return data;
+  const shown = JSON.stringify(data)?.slice(0, 80) ?? String(data);
+  const error = notKfpError(what, `the server answered ${shown}, which is not ${thing} (no ${key})${onRead ? "" : ": the write is not confirmed"}; --host/KFP_HOST may point at a proxy or the KFP UI, not the ml-pipeline API`, 200);
+  error.onRead = onRead;
+  throw error;
+}
+
 async function findPipeline(ctx: UploadContext, name: string): Promise<KfpPipeline | undefined> {
+  const what = `look up pipeline ${name}`;
+  if (ctx.shared && ctx.multiUser) {
+    // Looked up by name without a namespace, the server returns the newest pipeline of that name
+    // in any namespace; listing without one returns only the shared ones.
+    const filter = JSON.stringify({ predicates: [{ key: "name", operation: "EQUALS", string_value: name }] });
+    const page = await ctx.api.read<{ pipelines?: KfpPipeline[] }>(what, "/pipelines", { filter, page_size: "200" }).catch((error: unknown) => {
+      if (error instanceof KfpError && error.status === 400 && /Namespace is required/.test(error.message)) {
+        throw new KfpError(`${what}: this server allows no shared pipelines (REQUIRE_NAMESPACE_FOR_PIPELINES): use --namespace/KFP_NAMESPACE instead of --shared`, 400, false, { cause: error });
+      }
+      throw error;
+    });
+    const found = (page.pipelines ?? []).find((p) => p.name === name && !p.namespace);
+    return found && mustCarry(what, found, "pipeline_id", "a pipeline");
+  }
   try {
-    return await ctx.api.read<KfpPipeline>(`look up pipeline ${name}`, `/pipelines/names/${encodeURIComponent(name)}`, { namespace: ctx.namespace });
+    const found = await ctx.api.read<KfpPipeline>(what, `/pipelines/names/${encodeURIComponent(name)}`, { namespace: ctx.namespace });
+    return mustCarry(what, found, "pipeline_id", "a pipeline");
   } catch (error) {
-    if (error instanceof KfpError && error.status === 404) return undefined;
+    if (error instanceof KfpError && error.status === 404 && !error.notKfp) return undefined;
     throw error;
   }
 }
 
-async function latestVersion(ctx: UploadContext, pipeline: KfpPipeline): Promise<KfpPipelineVersion | undefined> {
-  const page = await ctx.api.read<{ pipeline_versions?: KfpPipelineVersion[] }>(
-    `list versions of ${pipeline.name ?? pipeline.pipeline_id}`,
-    `/pipelines/${pipeline.pipeline_id}/versions`,
-    { page_size: "1", sort_by: "created_at desc" },
-  );
-  return page.pipeline_versions?.[0];
+/**
+ * The versions that count as "latest": all those created in the newest second. created_at has
+ * whole seconds and the server orders same-second versions by random id, so asking for one would
+ * pick any of them.
+ */
+async function newestVersions(ctx: UploadContext, pipeline: KfpPipeline): Promise<KfpPipelineVersion[]> {
+  const what = `list versions of ${pipeline.name ?? pipeline.pipeline_id}`;
+  const newest: KfpPipelineVersion[] = [];
+  let pageToken: string | undefined;
+  for (;;) {
+    const page = await ctx.api.read<{ pipeline_versions?: KfpPipelineVersion[]; next_page_token?: string }>(
+      what,
+      `/pipelines/${encodeURIComponent(pipeline.pipeline_id)}/versions`,
+      pageToken ? { page_token: pageToken, page_size: "10" } : { page_size: "10", sort_by: "created_at desc" },
+    );
+    const versions = page.pipeline_versions ?? [];
+    if (!Array.isArray(versions)) throw Object.assign(notKfpError(what, "the server answered something that is not a list of versions", 200), { onRead: true });
+    for (const v of versions) {
+      mustCarry(what, v, "pipeline_version_id", "a pipeline version");
+      if (newest.length > 0 && v.created_at !== newest[0]!.created_at) return newest;
+      newest.push(v);
+    }
+    if (!page.next_page_token || versions.length === 0) return newest;
+    pageToken = page.next_page_token;
+  }
 }
 
 /** Decide with reads only: what a sync of this spec would do. The dry run stops here. */
 async function planUpload(ctx: UploadContext, name: string, fingerprint: string): Promise<UploadPlan> {
   const pipeline = await findPipeline(ctx, name);
   if (!pipeline) return { kind: "create" };
-  const latest = await latestVersion(ctx, pipeline);
-  if (latest && !ctx.force && sameSpec(latest, fingerprint)) return { kind: "unchanged", pipeline, version: latest };
+  const newest = await newestVersions(ctx, pipeline);
+  // Unchanged only when every version of the newest second is this spec: whichever of them the
+  // server or the UI takes for the latest, it is ours. A tie with another spec gets a new version,
+  // which is then the one newest.
+  if (newest.length > 0 && !ctx.force && newest.every((v) => sameSpec(v, fingerprint))) return { kind: "unchanged", pipeline, version: newest[0]! };
   return { kind: "version", pipeline };
 }
 
+/** At most 20 tags, keys and values cut to 63 bytes: the server would refuse the whole upload. */
 function tagsOf(ctx: UploadContext): string | undefined {
-  return ctx.tags ? JSON.stringify(ctx.tags) : undefined;
+  if (!ctx.tags) return undefined;
+  const entries = Object.entries(ctx.tags).slice(0, MAX_TAGS);
+  if (entries.length < Object.keys(ctx.tags).length) ctx.warn?.(`only the first ${MAX_TAGS} tags are sent: the server takes no more`);
+  const cut = (text: string, what: string) => {
+    if (Buffer.byteLength(text) <= MAX_TAG_TEXT) return text;
+    ctx.warn?.(`tag ${what} "${text}" cut to ${MAX_TAG_TEXT} bytes: the server refuses longer ones`);
+    return cutBytes(text, MAX_TAG_TEXT);
+  };
+  return JSON.stringify(Object.fromEntries(entries.map(([k, v]) => [cut(k, "key"), cut(v, "value")])));
+}
+
+/** The longest prefix of `text` within `bytes` UTF-8 bytes, never splitting a character. */
+function cutBytes(text: string, bytes: number): string {
+  const buf = Buffer.from(text);
+  if (buf.length <= bytes) return text;
+  let end = bytes;
+  while (end > 0 && (buf[end]! & 0xc0) === 0x80) end--; // back off a continuation byte
+  return buf.subarray(0, end).toString("utf8");
+}
+
+/**
+ * A description whose percent-encoded form fits MAX_DESCRIPTION_ENCODED; `keep` (the line with the
+ * fingerprint) always survives whole, the pipeline's own text is cut with a note.
+ */
+export function fitDescription(text: string | undefined, keep: string, warn?: (message: string) => void): string {
+  const joined = [text, keep].filter(Boolean).join("\n\n");
+  if (!text || encodeURIComponent(joined).length <= MAX_DESCRIPTION_ENCODED) return joined;
+  const bytes = Buffer.byteLength(text);
+  const note = ` … [cut by kfp-sync: ${bytes} bytes is more than a request line can carry]`;
+  let room = MAX_DESCRIPTION_ENCODED - encodeURIComponent(`${note}\n\n${keep}`).length;
+  let cut = "";
+  for (const ch of text) {
+    room -= encodeURIComponent(ch).length;
+    if (room < 0) break;
+    cut += ch;
+  }
+  warn?.(`description cut to ${Buffer.byteLength(cut)} of its ${bytes} bytes: the server takes it in the request line, which the server and proxies before it cap`);
+  return `${cut}${note}\n\n${keep}`;
 }
 
 function linkTo(ctx: UploadContext, pipelineId?: string, versionId?: string): string | undefined {
   if (!pipelineId) return undefined;
   return versionId ? `${ctx.uiUrl}/#/pipelines/details/${pipelineId}/version/${versionId}` : `${ctx.uiUrl}/#/pipelines/details/${pipelineId}`;
+}
+
+/**
+ * In multi-user mode the upload routes answer a missing or refused identity with a bare 400
+ * "Failed to create a pipeline" (the gateway routes say 401 / 403): say what it most likely means.
+ */
+function withIdentityAdvice(ctx: UploadContext, error: unknown): unknown {
+  if (!(error instanceof KfpError) || error.status !== 400 || !ctx.multiUser || !ctx.namespace) return error;
+  if (!/HTTP 400 — Failed to create a pipeline( version)? \(/.test(error.message)) return error;
+  const advice =
+    ctx.authKind === "none"
+      ? `no identity was sent, and in multi-user mode the upload routes refuse that with this 400 (the other routes say 401): set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or KFP_COOKIE`
+      : `in multi-user mode the upload routes answer a refused identity with this 400 (the other routes say 403): check that your identity may create pipelines in namespace ${ctx.namespace} (profile contributors, RBAC)`;
+  return new KfpError(`${error.message.replace(/ \([^()]*\)$/, "")}: ${advice}`, 400, false, { cause: error });
 }
 
 /** Create, version or leave alone one compiled pipeline. Never deletes or overwrites. */
@@ -1181,6 +1381,15 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
   const fingerprint = spec.fingerprint;
   const file = { name: `${name}.yaml`, text: spec.yaml };
   const description = ctx.describe(spec);
+  // Another pipeline's read met a login page or a refused identity: write nothing more.
+  const write = async <T>(what: string, route: string, query: Record<string, string | undefined>): Promise<T> => {
+    if (ctx.halt?.error) throw new KfpError(`${what}: not sent, the run stopped writing after: ${ctx.halt.error.message}`);
+    try {
+      return await ctx.api.write<T>(what, route, query, file);
+    } catch (error) {
+      throw withIdentityAdvice(ctx, error);
+    }
+  };
 
   let plan = await planUpload(ctx, name, fingerprint);
   if (ctx.dryRun) {
@@ -1190,31 +1399,33 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
   }
 
   if (plan.kind === "create") {
-    const query = { name, display_name: name, description: [spec.description, description].filter(Boolean).join("\n\n"), namespace: ctx.namespace, tags: tagsOf(ctx) };
+    const what = `create pipeline ${name}`;
+    const query = { name, display_name: name, description: fitDescription(spec.description, description, ctx.warn), namespace: ctx.namespace, tags: tagsOf(ctx) };
     const result = await writeChecked(
-      async () => ({ created: await ctx.api.write<KfpPipeline>(`create pipeline ${name}`, "/pipelines/upload", query, file) }),
+      async () => ({ created: mustCarry(what, await write<KfpPipeline>(what, "/pipelines/upload", query), "pipeline_id", "a created pipeline", false) }),
       // 409: another sync created it first. Lost answer: ours may have arrived. Either way it may exist now.
       async (error, sent) => {
         const existing = await findPipeline(ctx, name);
         return existing && { existing, ours: error.answerLost || sent > 1 };
       },
     );
-    if ("created" in result) return done("created", result.created, await latestVersion(ctx, result.created).catch(() => undefined));
-    const latest = await latestVersion(ctx, result.existing);
-    if (latest && sameSpec(latest, fingerprint)) return done(result.ours ? "created" : "unchanged", result.existing, latest);
+    if ("created" in result) return done("created", result.created, (await newestVersions(ctx, result.created).catch(() => []))[0]);
+    const newest = await newestVersions(ctx, result.existing);
+    const same = newest.find((v) => sameSpec(v, fingerprint));
+    if (same) return done(result.ours ? "created" : "unchanged", result.existing, same);
     plan = { kind: "version", pipeline: result.existing };
   }
   if (plan.kind === "unchanged") return done("unchanged", plan.pipeline, plan.version);
 
   const pipeline = plan.pipeline;
-  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description, tags: tagsOf(ctx) };
+  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description: fitDescription(undefined, description, ctx.warn), tags: tagsOf(ctx) };
   const what = `add version ${ctx.versionTag} to ${name}`;
   const result = await writeChecked(
-    async () => ({ version: await ctx.api.write<KfpPipelineVersion>(what, "/pipelines/upload_version", query, file) }),
+    async () => ({ version: mustCarry(what, await write<KfpPipelineVersion>(what, "/pipelines/upload_version", query), "pipeline_version_id", "a created version", false) }),
     async (error, sent) => {
-      const latest = await latestVersion(ctx, pipeline);
       // Ours arrived (lost answer, or a late first send) or a concurrent sync uploaded the same spec first.
-      if (latest && sameSpec(latest, fingerprint)) return { settled: latest, ours: latest.name === ctx.versionTag && (error.answerLost || sent > 1) };
+      const settled = (await newestVersions(ctx, pipeline)).find((v) => sameSpec(v, fingerprint));
+      if (settled) return { settled, ours: settled.name === ctx.versionTag && (error.answerLost || sent > 1) };
       if (error.status === 409) {
         throw new KfpError(`${what}: a different version named ${ctx.versionTag} already exists (another sync with the same tag?); nothing was overwritten — rerun, or pass another --version-tag`, 409);
       }
@@ -1248,11 +1459,25 @@ export interface ServerInfo {
 }
 
 /** healthz: who is on the other end, and whether it needs a namespace. */
-export async function preflight(api: KfpApi, namespace: string | undefined): Promise<ServerInfo> {
-  const health = await api.read<KfpHealth>("reach the KFP API (healthz)", "/healthz");
+export async function preflight(api: KfpApi, namespace: string | undefined, shared = false): Promise<ServerInfo> {
+  const what = "reach the KFP API (healthz)";
+  let health: KfpHealth;
+  try {
+    health = await api.read<KfpHealth>(what, "/healthz");
+  } catch (error) {
+    // A login page or the UI's web page before anything is written: a setup mistake (exit 2).
+    if (error instanceof KfpError && error.notKfp) throw new UsageError(error.message, { cause: error });
+    throw error;
+  }
+  // ml-pipeline's healthz always carries both (json.Marshal of a struct without omitempty).
+  if (typeof health.multi_user !== "boolean" || !("tag_name" in health)) {
+    throw new UsageError(`${what}: the server answered ${JSON.stringify(health).slice(0, 120)}, which is not ml-pipeline's healthz: --host/KFP_HOST most likely points at the KFP UI or a proxy; point it at the API server, e.g. ${DEFAULT_HOST}`);
+  }
   const info = { version: health.tag_name || undefined, multiUser: health.multi_user === true };
-  if (info.multiUser && !namespace) {
-    throw new UsageError("the KFP server runs in multi-user mode: set --namespace/KFP_NAMESPACE to your profile's namespace");
+  if (info.multiUser && !namespace && !shared) {
+    throw new UsageError(
+      "the KFP server runs in multi-user mode: choose where the pipelines go — --namespace/KFP_NAMESPACE for your profile's namespace, or --shared/KFP_SHARED for shared pipelines every namespace can see",
+    );
   }
   return info;
 }
@@ -1267,6 +1492,18 @@ export function olderThan(a: string | undefined, b: string | undefined): boolean
   return false;
 }
 
+/**
+ * The skew worth a warning: a server a minor release (or more) behind the SDK. Patch releases of
+ * one minor share the IR, so a 2.17.0 server takes what the 2.17.3 SDK compiles.
+ */
+export function skewWarning(server: string | undefined, sdk: string | undefined): string | undefined {
+  const minorOf = (v?: string) => /(\d+)\.(\d+)/.exec(v ?? "")?.slice(1, 3).join(".");
+  const s = minorOf(server);
+  const k = minorOf(sdk);
+  if (!s || !k || !olderThan(`${s}.0`, `${k}.0`)) return undefined;
+  return `the server (${server}) is a minor release behind the kfp SDK that compiled (${sdk}): it may refuse the compiled spec or ignore what it does not know (newer IR fields, kfp-kubernetes options), and runs may then fail or miss settings (kubeflow/pipelines#8682); pin kfp ${s}.* in requirements.txt or upgrade the server`;
+}
+
 /** Upload every compiled spec, a few at a time; one pipeline's failure never stops the others. */
 export async function uploadAll(
   ctx: UploadContext,
@@ -1276,6 +1513,8 @@ export async function uploadAll(
   stopped: () => boolean,
 ): Promise<void> {
   const queue = [...specs];
+  ctx.halt ??= {};
+  const halt = ctx.halt;
   const worker = async () => {
     for (let item = queue.shift(); item; item = queue.shift()) {
       const started = performance.now();
@@ -1283,12 +1522,16 @@ export async function uploadAll(
       const localProblem = checkUploadable(item.name, item.spec.yaml);
       if (stopped()) {
         outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: "not uploaded: the run was interrupted" } };
+      } else if (halt.error) {
+        outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: `not uploaded: ${halt.error.message}` } };
       } else if (localProblem) {
         outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: localProblem } };
       } else {
         try {
           outcome = await uploadOne(ctx, item.spec, item.name);
         } catch (error) {
+          // The first answer that rules out every later write stops them (one message, not one per pipeline).
+          if (error instanceof KfpError && (error.notKfp || error.onRead)) halt.error ??= error;
           const message = error instanceof Error ? error.message : String(error);
           outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message } };
         }
@@ -1680,7 +1923,7 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
   const api = kfpClient(cfg, log, state.abort.signal);
   const server: NonNullable<Summary["server"]> = { host: cfg.host };
   try {
-    Object.assign(server, await preflight(api, cfg.namespace));
+    Object.assign(server, await preflight(api, cfg.namespace, cfg.shared));
   } catch (error) {
     if (error instanceof UsageError) throw error;
     // The server is unreachable or refuses us: every pipeline fails the same way, say it once.
@@ -1689,13 +1932,21 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     return server;
   }
   const auth = cfg.auth.kind === "none" ? "no credentials" : `${cfg.auth.kind} from ${cfg.auth.source}`;
-  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? "multi-user" : "single-user"}, ${auth}`);
-  if (olderThan(server.version, compiled.kfp?.sdk)) {
-    log.warn(`the server (${server.version}) is older than the kfp SDK that compiled (${compiled.kfp?.sdk}); it may reject newer IR (kubeflow/pipelines#8682)`);
-  }
+  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? `multi-user (${cfg.shared ? "shared pipelines" : `namespace ${cfg.namespace}`})` : "single-user"}, ${auth}`);
+  const skew = skewWarning(server.version, compiled.kfp?.sdk);
+  if (skew) log.warn(skew);
+  const warned = new Set<string>();
   const ctx: UploadContext = {
     api,
     namespace: cfg.namespace,
+    shared: cfg.shared,
+    multiUser: server.multiUser,
+    authKind: cfg.auth.kind,
+    warn: (message) => {
+      if (!warned.has(message)) log.warn(message);
+      warned.add(message);
+    },
+    halt: {},
     versionTag: cfg.versionTag,
     force: cfg.force,
     dryRun: cfg.dryRun,
@@ -1723,6 +1974,8 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     else log.success(`${name}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
   };
   await uploadAll(ctx, named.filter((n) => !clashing.includes(n)), 4, record, () => state.stopped);
+  // A read answered by a login page or a web page: a setup mistake found before writing (exit 2).
+  if (ctx.halt?.error?.notKfp && ctx.halt.error.onRead) throw new UsageError(ctx.halt.error.message, { cause: ctx.halt.error });
   return server;
 }
 

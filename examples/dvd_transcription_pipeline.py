@@ -4,7 +4,7 @@ Pulls a DVD image (.iso) from S3-compatible object storage, rips the audio of
 one title to 16 kHz mono WAV with ffmpeg, transcribes it with OpenAI Whisper
 and uploads the transcript (plain text + SRT subtitles) next to the image.
 """
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Artifact, Input, Output
 
 S3_IMAGE = "python:3.11-slim"
@@ -85,6 +85,9 @@ def dvd_transcription(
     text = transcribe(audio=audio.outputs["audio"], model_size=whisper_model_size, language=language)
     text.set_cpu_limit("8").set_memory_limit("16G")
     text.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+    # Whisper's weights (1.5 GB for "medium") live on a shared volume: downloaded once, not per run.
+    kubernetes.mount_pvc(text, pvc_name="whisper-models", mount_path="/models")
+    text.set_env_variable("XDG_CACHE_HOME", "/models")
     upload_transcript(
         transcript=text.outputs["transcript"],
         subtitles=text.outputs["subtitles"],

@@ -5,10 +5,14 @@ causal-LM training set, fine-tunes a 4-bit quantised base model with LoRA
 adapters on one GPU, measures perplexity on a held-out split and pushes the
 adapter to the Hugging Face Hub (or any HF-compatible registry).
 """
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 TRAIN_IMAGE = "pytorch/pytorch:2.3.1-cuda12.1-cudnn8-runtime"
+# S3 credentials come from a Kubernetes secret as environment variables (boto3 reads them there),
+# never from pipeline parameters, which the UI shows to everyone.
+S3_SECRET = "s3-credentials"
+S3_SECRET_ENV = {"access_key_id": "AWS_ACCESS_KEY_ID", "secret_access_key": "AWS_SECRET_ACCESS_KEY"}
 TRAIN_PACKAGES = ["transformers==4.44.2", "peft==0.12.0", "bitsandbytes==0.43.3", "datasets==2.20.0", "accelerate==0.33.0"]
 
 
@@ -127,6 +131,8 @@ def qlora_pdf_finetune(
 ):
     pdfs = list_pdfs(bucket=bucket, prefix=prefix, endpoint_url=s3_endpoint_url)
     texts = extract_text(bucket=bucket, keys=pdfs.output, endpoint_url=s3_endpoint_url)
+    for reads_s3 in (pdfs, texts):
+        kubernetes.use_secret_as_env(reads_s3, secret_name=S3_SECRET, secret_key_to_env=S3_SECRET_ENV)
     data = build_dataset(texts=texts.outputs["texts"], eval_fraction=eval_fraction)
     tune = qlora_finetune(base_model=base_model, train=data.outputs["train"], lora_r=lora_r, epochs=epochs, learning_rate=learning_rate)
     tune.set_cpu_limit("8").set_memory_limit("48G").set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)

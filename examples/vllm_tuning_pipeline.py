@@ -6,7 +6,7 @@ prefill, ...) in parallel, one GPU per configuration, then collects the
 results and picks the configuration with the best throughput whose p95
 latency stays under the budget.
 """
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Metrics, Output
 
 DEFAULT_GRID = [
@@ -79,5 +79,9 @@ def vllm_tuning(
                                  output_len=output_len, max_model_len=max_model_len)
         bench.set_cpu_limit("8").set_memory_limit("64G")
         bench.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
+        # GPU nodes are tainted so that only GPU work lands there; and the numbers are only worth
+        # comparing on the GPU model they were measured on.
+        kubernetes.add_toleration(bench, key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")
+        kubernetes.add_node_selector(bench, label_key="nvidia.com/gpu.product", label_value="NVIDIA-A100-SXM4-80GB")
         bench.set_caching_options(False)
     pick_best(results=dsl.Collected(bench.output), p95_budget_s=p95_budget_s)

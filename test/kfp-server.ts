@@ -764,6 +764,10 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
       return upload ? uploadError(401, err.external) : gatewayError(err);
     }
     if (url.pathname === "/apis/v2beta1/healthz") return healthz();
+    // Go's net/url refuses a whole query holding a raw `;` (or, on uploads, a bad %-escape); the upload
+    // handlers then fail to read the form (contract cases upload-description-raw-semicolon, list-raw-semicolon).
+    if (upload && /;|%(?![0-9a-fA-F]{2})/.test(url.search)) return uploadError(400, upload === "upload" ? "Failed to read pipeline from file" : "Failed to create a pipeline version");
+    if (url.search.includes(";")) return json(400, { code: 3, message: "invalid semicolon separator in query" });
     if (upload) {
       const handler = upload === "upload" ? uploadPipeline : uploadVersion;
       try {

@@ -123,7 +123,8 @@ describe("upload", () => {
     try {
       const r = await sync(examplesCopy(), old, ["evaluation_pipeline.py"]);
       expect(r.code).toBe(0);
-      expect(r.stderr).toContain("the server (2.16.0) is older than the kfp SDK that compiled (2.17.3)");
+      expect(r.stderr).toContain("the server (2.16.0) is a minor release behind the kfp SDK that compiled (2.17.3)");
+      expect(r.stderr).toContain("it may refuse the compiled spec or ignore what it does not know");
       expect(r.json().server.version).toBe("2.16.0");
       expect(writes(old)[0]!.query.tags).toBeUndefined();
     } finally {
@@ -217,7 +218,9 @@ describe("upload: auth, namespaces and server errors", () => {
       const dir = examplesCopy();
       const missing = await sync(dir, server);
       expect(missing.code).toBe(2);
-      expect(missing.stderr).toContain("multi-user mode: set --namespace/KFP_NAMESPACE");
+      expect(missing.stderr).toContain("multi-user mode: choose where the pipelines go");
+      expect(missing.stderr).toContain("--namespace/KFP_NAMESPACE");
+      expect(missing.stderr).toContain("--shared/KFP_SHARED");
       expect(writes(server)).toEqual([]);
 
       const r = await sync(dir, server, ["evaluation_pipeline.py"], { KFP_NAMESPACE: "team-a" });
