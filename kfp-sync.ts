@@ -27,6 +27,10 @@ const MAX_PIPELINE_NAME = 128;
 const MAX_VERSION_NAME = 127;
 const NAME_RULE = /^[a-z0-9][a-z0-9-]{0,127}$/;
 const NTFY_MAX_MESSAGE_BYTES = 4096;
+// Answers are read into memory: an endless or huge body must end the request, not the runner.
+// KFP's cap is above the 32 MiB spec limit because a version listing carries the whole spec as JSON.
+const MAX_KFP_ANSWER_BYTES = 64 << 20;
+const MAX_SMALL_ANSWER_BYTES = 1 << 20; // ntfy's publish answer and Gitea's version are a few bytes
 
 // ─── Types ───────────────────────────────────────────────────────────────────────────────────────
 
@@ -278,7 +282,7 @@ async function giteaVersionOf(env: Env): Promise<string | undefined> {
   if (env.KFP_SYNC_GITEA_VERSION) return env.KFP_SYNC_GITEA_VERSION;
   if (!truthy(env.GITEA_ACTIONS) || truthy(env.FORGEJO_ACTIONS) || !env.GITHUB_SERVER_URL || env.KFP_SYNC_RUN_URL) return undefined;
   try {
-    const body = await ofetch<{ version?: string }>(`${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`, { retry: false, signal: AbortSignal.timeout(2000) });
+    const body = await ofetch.create({}, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) })<{ version?: string }>(`${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`, { retry: false, signal: AbortSignal.timeout(2000) });
     return body.version;
   } catch {
     return undefined;
@@ -332,17 +336,17 @@ export function resolveAuth(token: string | undefined, env: Env): Auth {
   return { kind: "none", source: "none" };
 }
 
-function parseHost(value: string, what: string): string {
+function parseHost(value: string, what: string, credentials = "use --token/KFP_TOKEN or KFP_COOKIE"): string {
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    throw new UsageError(`${what} "${value}" is not a URL: give it as http://HOST:PORT`);
+    throw new UsageError(`${what} "${redactUrl(value)}" is not a URL: give it as http://HOST:PORT`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new UsageError(`${what} "${value}" must start with http:// or https://`);
+    throw new UsageError(`${what} "${redactUrl(value)}" must start with http:// or https://`);
   }
-  if (url.username || url.password) throw new UsageError(`${what} must not carry credentials; use --token or KFP_COOKIE`);
+  if (url.username || url.password) throw new UsageError(`${what} must not carry credentials; ${credentials}`);
   return url.toString().replace(/\/+$/, "");
 }
 
@@ -374,7 +378,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
 
   const ntfyUrl = flag("ntfy-url") ?? env.NTFY_URL;
   const ntfyToken = flag("ntfy-token") ?? env.NTFY_TOKEN;
-  if (ntfyUrl) ntfyTarget(parseHost(ntfyUrl, "--ntfy-url/NTFY_URL")); // checked now, not after the uploads
+  if (ntfyUrl) ntfyTarget(parseHost(ntfyUrl, "--ntfy-url/NTFY_URL", "give them as --ntfy-token/NTFY_TOKEN (user:password or a tk_ token)")); // checked now, not after the uploads
 
   const nameFrom = (flag("name-from") ?? env.KFP_SYNC_NAME_FROM ?? "ir") as Config["nameFrom"];
   if (nameFrom !== "ir" && nameFrom !== "file") throw new UsageError(`--name-from takes "ir" or "file", got "${nameFrom}"`);
@@ -385,7 +389,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
   const cookieValues = (env.KFP_COOKIE ?? "").split(";").map((c) => c.slice(c.indexOf("=") + 1).trim());
   const ntfyAuthParam = ntfyUrl ? new URL(ntfyUrl).searchParams.get("auth") : undefined;
-  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ntfyAuthParam];
+  const secrets = secretForms([token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ntfyAuthParam]);
 
   const outDir = path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync");
   if (fs.existsSync(outDir) && !fs.statSync(outDir).isDirectory()) throw new UsageError(`--out-dir ${outDir} is a file, not a folder`);
@@ -404,7 +408,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     timeoutSec: wholeNumber(flag("timeout") ?? env.KFP_SYNC_TIMEOUT, 120, "--timeout", 1),
     dryRun,
     host,
-    uiUrl: uiValue ? parseHost(uiValue, "--ui-url/KFP_UI_URL") : host,
+    uiUrl: uiValue ? parseHost(uiValue, "--ui-url/KFP_UI_URL", "a link needs none") : host,
     namespace: flag("namespace") ?? env.KFP_NAMESPACE,
     auth,
     nameFrom,
@@ -416,7 +420,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     runUrl: flag("run-url"),
     commit: gitCommit(env, cwd),
     verbose: bool("verbose", "KFP_SYNC_VERBOSE"),
-    secrets: secrets.filter((s): s is string => typeof s === "string" && s.length >= 4),
+    secrets,
   };
 }
 
@@ -427,11 +431,116 @@ function isFlagValue(rawArgs: string[], i: number): boolean {
   return def !== undefined && def.type !== "boolean";
 }
 
-/** Replace every secret in a text with ***. Applied wherever text leaves the process. */
+/**
+ * Every form a secret takes in what kfp-sync prints: as given, JSON-escaped (the summary),
+ * URL-encoded (a query string) and, for user:password, the base64 of a Basic header. Longest
+ * first, so a form that contains another is replaced whole.
+ */
+export function secretForms(values: (string | null | undefined)[]): string[] {
+  const forms = new Set<string>();
+  for (const value of values) {
+    if (typeof value !== "string" || value.length < 4) continue;
+    forms.add(value);
+    forms.add(JSON.stringify(value).slice(1, -1));
+    forms.add(encodeURIComponent(value));
+    forms.add(new URLSearchParams({ s: value }).toString().slice(2)); // a space as +
+    if (value.includes(":")) forms.add(Buffer.from(value).toString("base64"));
+  }
+  return [...forms].sort((a, b) => b.length - a.length);
+}
+
+// A secret cut short by a length limit leaves its head at the end of a line or field; a head this
+// long is not found there by chance.
+const CUT_SECRET_MIN = 8;
+const FIELD_END = /[\s"'`\\|,;)\]}]/;
+
+/** Replace every secret in a text with ***, also a secret cut short. Applied wherever text leaves the process. */
 export function scrub(text: string, secrets: string[]): string {
   let out = text;
   for (const secret of secrets) out = out.split(secret).join("***");
+  for (const secret of secrets) {
+    // A header built around another secret ("Bearer …", "name=…") starts with words, not secret.
+    if (secret.length <= CUT_SECRET_MIN || secrets.some((other) => other !== secret && secret.includes(other))) continue;
+    const head = secret.slice(0, CUT_SECRET_MIN);
+    for (let at = out.indexOf(head); at >= 0; at = out.indexOf(head, at + 1)) {
+      let end = at + head.length;
+      while (end < out.length && end - at < secret.length && out[end] === secret[end - at]) end++;
+      if (end === out.length || FIELD_END.test(out[end]!)) out = `${out.slice(0, at)}***${out.slice(end)}`;
+    }
+  }
   return out;
+}
+
+/** A URL as it may be shown: credentials and ?auth= replaced, also in text that is no valid URL. */
+export function redactUrl(value: string): string {
+  return value.replace(/\/\/[^/?#\s]*@/g, "//***@").replace(/([?&]auth=)[^&#\s]*/gi, "$1***");
+}
+
+// ─── HTTP, for every peer ────────────────────────────────────────────────────────────────────────
+
+/** An answer over the cap: reading stopped there, so memory stays bounded. */
+export class AnswerTooLarge extends Error {
+  override name = "AnswerTooLarge";
+  constructor(readonly limitBytes: number) {
+    super(`the answer was larger than ${limitBytes / 2 ** 20} MiB`);
+  }
+}
+
+/**
+ * fetch whose answers end at `limitBytes`: a declared length over it fails at once, a streamed
+ * body fails (and the connection is dropped) as soon as it passes it. ofetch reads every body
+ * whole, so the cap has to sit under it.
+ */
+export function cappedFetch(limitBytes: number): typeof fetch {
+  const capped = async (input: Parameters<typeof fetch>[0], init?: RequestInit): Promise<Response> => {
+    const response = await fetch(input, init);
+    if (Number(response.headers.get("content-length")) > limitBytes) {
+      await response.body?.cancel().catch(() => {});
+      throw new AnswerTooLarge(limitBytes);
+    }
+    if (!response.body) return response;
+    const reader = response.body.getReader();
+    let seen = 0;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const { done, value } = await reader.read();
+        if (done) return controller.close();
+        seen += value.byteLength;
+        if (seen > limitBytes) {
+          await reader.cancel().catch(() => {});
+          return controller.error(new AnswerTooLarge(limitBytes));
+        }
+        controller.enqueue(value);
+      },
+      cancel: (reason) => reader.cancel(reason),
+    });
+    return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  };
+  return capped as typeof fetch;
+}
+
+/**
+ * Failures no retry mends, in words: an answer over the cap, or https:// to a port that speaks
+ * plain HTTP (the TLS handshake fails). `url` is what the user gave, for the suggestion.
+ */
+export function answerProblem(error: unknown, url: string): string | undefined {
+  const e = error as { cause?: unknown; code?: unknown; message?: unknown } | undefined;
+  const cause = (e?.cause ?? e) as { code?: unknown; message?: unknown } | undefined;
+  if (error instanceof AnswerTooLarge) return error.message;
+  if (cause instanceof AnswerTooLarge) return cause.message;
+  let target: URL;
+  try {
+    target = new URL(url);
+  } catch {
+    return undefined;
+  }
+  const tls = cause?.code === "EPROTO" || /TLS|SSL|handshake|wrong version number/i.test(String(cause?.message ?? ""));
+  if (target.protocol === "https:" && tls) {
+    target.protocol = "http:";
+    target.search = "";
+    return `the server does not speak HTTPS on that port; did you mean ${target.toString().replace(/\/+$/, "")}?`;
+  }
+  return undefined;
 }
 
 // ─── 1. Discover ─────────────────────────────────────────────────────────────────────────────────
@@ -970,6 +1079,9 @@ function toKfpError(error: unknown, what: string, host: string, timeoutMs: numbe
     const hint = STATUS_HINTS[status] ?? (status >= 500 ? STATUS_HINTS[500] : "");
     return new KfpError(`${what}: HTTP ${status}${detail ? ` — ${detail}` : ""}${hint ? ` (${hint})` : ""}`, status, false, { cause: error });
   }
+  const settled = answerProblem(error, host);
+  // An answer over the cap may come after the server acted: as unknown as a lost answer.
+  if (settled) return new KfpError(`${what}: ${settled}`, undefined, error instanceof AnswerTooLarge || fe.cause instanceof AnswerTooLarge, { cause: error });
   const cause = (fe.cause ?? fe) as { code?: string | number; name?: string; message?: string };
   // An AbortSignal timeout is a DOMException named TimeoutError whose numeric code says nothing.
   const code = typeof cause.code === "string" ? cause.code : (cause.name ?? "");
@@ -985,6 +1097,7 @@ function toKfpError(error: unknown, what: string, host: string, timeoutMs: numbe
 
 /** Read failures worth another try: the network, a stalled answer, a gateway, a mangled body. */
 function retryable(error: KfpError): boolean {
+  if (answerProblem(error.cause, "")) return false; // the same answer again, or the same handshake
   return error.status === undefined || error.status === 502 || error.status === 503 || error.status === 504;
 }
 
@@ -1011,7 +1124,7 @@ export function kfpClient(
     headers: cfg.auth.header ? { [cfg.auth.header.name]: cfg.auth.header.value } : {},
     retry: false,
     onResponse: ({ request, response, options }) => log.debug(`${options.method ?? "GET"} ${String(request)} → ${response.status}`),
-  });
+  }, { fetch: cappedFetch(MAX_KFP_ANSWER_BYTES) });
   const clean = (query?: Record<string, string | undefined>) =>
     Object.fromEntries(Object.entries(query ?? {}).filter(([, v]) => v !== undefined && v !== ""));
 
@@ -1315,7 +1428,7 @@ export function ntfyTarget(topicUrl: string): { root: string; topic: string } {
   const parts = url.pathname.split("/").filter(Boolean);
   const topic = parts.pop() ?? "";
   if (!/^[-_A-Za-z0-9]{1,64}$/.test(topic)) {
-    throw new UsageError(`--ntfy-url/NTFY_URL must end with a topic name (letters, digits, - and _), got "${topicUrl}"`);
+    throw new UsageError(`--ntfy-url/NTFY_URL must end with a topic name (letters, digits, - and _), got "${redactUrl(topicUrl)}"`);
   }
   url.pathname = parts.length > 0 ? `/${parts.join("/")}/` : "/";
   return { root: url.toString(), topic }; // the query stays: ntfy takes ?auth= on every route
@@ -1381,7 +1494,7 @@ export async function publish(
       ? `Basic ${Buffer.from(ntfy.token).toString("base64")}`
       : `Bearer ${ntfy.token}`
     : undefined;
-  const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false });
+  const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false }, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) });
   for (let attempt = 0; ; attempt++) {
     try {
       await $ntfy(root, { method: "POST", body: note, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) });
@@ -1393,6 +1506,8 @@ export async function publish(
         await sleep(1000 * 2 ** attempt);
         continue;
       }
+      const settled = status ? undefined : answerProblem(error, ntfy.url);
+      if (settled) throw new Error(`notification not sent: ${settled}`, { cause: error });
       const detail = serverMessage(fe.data);
       const hint =
         status === 401 || status === 403
@@ -1732,7 +1847,7 @@ export async function main(rawArgs: string[]): Promise<number> {
   } catch (error) {
     const usage = error instanceof UsageError || (error as Error).name === "CLIError";
     const fromInput = [process.env.KFP_TOKEN, process.env.KFP_COOKIE, process.env.NTFY_TOKEN, ...repeatedFlag(rawArgs, "token"), ...repeatedFlag(rawArgs, "ntfy-token")];
-    const secrets = [...activeSecrets, ...fromInput.filter((s): s is string => !!s && s.length >= 4)];
+    const secrets = [...activeSecrets, ...secretForms(fromInput)];
     const verbose = rawArgs.includes("--verbose");
     const text = verbose ? ((error as Error).stack ?? String(error)) : (error as Error).message;
     process.stderr.write(scrub(`✖ ${text}\n`, secrets));
