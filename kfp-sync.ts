@@ -66,6 +66,8 @@ export interface CompiledSpec {
   /** Hash of the canonical spec: what "unchanged" compares (see Upload). */
   fingerprint: string;
   ms: number;
+  /** Why the YAML is not at `output`: the out dir could not be written, so it was compiled in a scratch folder. */
+  notKept?: string;
 }
 
 export type CompileResult =
@@ -523,24 +525,18 @@ export function cappedFetch(limitBytes: number): typeof fetch {
  * Failures no retry mends, in words: an answer over the cap, or https:// to a port that speaks
  * plain HTTP (the TLS handshake fails). `url` is what the user gave, for the suggestion.
  */
-export function answerProblem(error: unknown, url: string): string | undefined {
+export function answerProblem(error: unknown, url?: string): string | undefined {
   const e = error as { cause?: unknown; code?: unknown; message?: unknown } | undefined;
   const cause = (e?.cause ?? e) as { code?: unknown; message?: unknown } | undefined;
   if (error instanceof AnswerTooLarge) return error.message;
   if (cause instanceof AnswerTooLarge) return cause.message;
-  let target: URL;
-  try {
-    target = new URL(url);
-  } catch {
-    return undefined;
-  }
   const tls = cause?.code === "EPROTO" || /TLS|SSL|handshake|wrong version number/i.test(String(cause?.message ?? ""));
-  if (target.protocol === "https:" && tls) {
-    target.protocol = "http:";
-    target.search = "";
-    return `the server does not speak HTTPS on that port; did you mean ${target.toString().replace(/\/+$/, "")}?`;
-  }
-  return undefined;
+  if (!tls || (url && !url.startsWith("https:"))) return undefined;
+  const plain = URL.canParse(url ?? "") ? new URL(url!) : undefined;
+  if (!plain) return "the server does not speak HTTPS on that port";
+  plain.protocol = "http:";
+  plain.search = "";
+  return `the server does not speak HTTPS on that port; did you mean ${plain.toString().replace(/\/+$/, "")}?`;
 }
 
 // ─── 1. Discover ─────────────────────────────────────────────────────────────────────────────────
@@ -869,7 +865,7 @@ export async function compileAll(
   const jobs = files.map((file, i) => {
     const output = outputPathFor(file, cfg.cwd, cfg.outDir);
     // Compiled next to its final place, then renamed: a concurrent run never reads half a file.
-    return { file: file.abs, function: file.functionName, output: output.replace(/\.yaml$/, `.${process.pid}.tmp.yaml`), final: output, result: path.join(work, `${i}.result.json`), log: path.join(work, `${i}.log`) };
+    return { file: file.abs, function: file.functionName, output: output.replace(/\.yaml$/, `.${process.pid}.tmp.yaml`), final: output, result: path.join(work, `${i}.result.json`), log: path.join(work, `${i}.log`), notKept: undefined as string | undefined };
   });
   const results = new Map<number, CompileResult>();
   let kfp: CompileRun["kfp"];
@@ -891,10 +887,11 @@ export async function compileAll(
         if (cfg.kfpVersion && kfp.sdk !== cfg.kfpVersion) {
           throw new UsageError(`${cfg.python} has kfp ${kfp.sdk}, but ${cfg.kfpVersion} is pinned: install the pinned one (pip install -r requirements.txt) or change --kfp-version/KFP_SYNC_KFP_VERSION`);
         }
-        for (const job of jobs) {
-          fs.mkdirSync(path.dirname(job.output), { recursive: true });
-          fs.rmSync(job.final, { force: true }); // a failed compile must not leave last run's YAML behind
-        }
+        jobs.forEach((job, i) => {
+          job.notKept = claimOutput(job, cfg.outDir);
+          // Compiled all the same, where we can write: a dry run needs no YAML kept, and a compile error still shows.
+          if (job.notKept) job.output = path.join(work, `${i}.yaml`);
+        });
         driver.stdin.write(JSON.stringify({ jobs, parallel: cfg.jobs, timeout: cfg.timeoutSec }));
         await driver.stdin.end();
         continue;
@@ -908,6 +905,7 @@ export async function compileAll(
     if (driver.exitCode === null) driver.kill("SIGTERM");
     await driver.exited;
     running.driver = undefined;
+    for (const job of jobs) fs.rmSync(job.output, { force: true }); // what a failed compile left of claimOutput's file
     fs.rmSync(work, { recursive: true, force: true });
   }
   const tail = (await stderr).trim().slice(-500);
@@ -926,9 +924,42 @@ export async function compileAll(
   };
 }
 
-async function resultOf(file: PipelineFile, job: { output: string; final: string; log: string }, event: DriverEvent): Promise<CompileResult> {
+/** Make room for a file's YAML: its folder, no stale YAML, a file we may write. Why not, when it cannot. */
+function claimOutput(job: { output: string; final: string }, outDir: string): string | undefined {
+  try {
+    fs.mkdirSync(path.dirname(job.output), { recursive: true });
+    fs.rmSync(job.final, { force: true }); // a failed compile must not leave last run's YAML behind
+    fs.closeSync(fs.openSync(job.output, "w")); // root ignores mode bits, not a read-only mount: only a write tells
+    return undefined;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "";
+    try {
+      if (fs.lstatSync(outDir).isSymbolicLink() && !fs.existsSync(outDir)) return `the out dir is a symbolic link to ${fs.readlinkSync(outDir)}, which does not exist`;
+    } catch {
+      // no out dir at all: the code below says why it could not be made
+    }
+    const reasons: Record<string, string> = {
+      EROFS: "read-only file system",
+      EACCES: "permission denied",
+      EPERM: "permission denied",
+      ENOTDIR: "a part of the path is a file, not a folder",
+      EISDIR: "a folder is in the way",
+      ERR_FS_EISDIR: "a folder is in the way",
+      EEXIST: "a file is in the way",
+      ELOOP: "symbolic link loop",
+      ENOSPC: "no space left on the device",
+      EDQUOT: "disk quota exceeded",
+    };
+    return reasons[code] ? `${reasons[code]} (${code.replace(/^ERR_FS_/, "")})` : (error as Error).message;
+  }
+}
+
+async function resultOf(file: PipelineFile, job: { output: string; final: string; log: string; notKept?: string }, event: DriverEvent): Promise<CompileResult> {
   const ms = event.ms ?? 0;
   if (!event.ok) {
+    if (!fs.existsSync(file.abs)) {
+      return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: "the file was removed after it was found (deleted while kfp-sync ran?)" } };
+    }
     const e = typeof event.error === "object" ? event.error : { message: String(event.error), file: file.abs, line: null };
     let message = e.message.replace(/\s*\n\s*/g, " ").trim(); // one line: CI logs and notifications
     if (/exited with code|killed by signal/.test(message)) {
@@ -945,17 +976,29 @@ async function resultOf(file: PipelineFile, job: { output: string; final: string
   let yaml: string;
   try {
     yaml = await Bun.file(job.output).text();
-    fs.renameSync(job.output, job.final);
-  } catch (error) {
-    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `cannot write the compiled YAML to ${job.final}: ${(error as Error).message}` } };
+  } catch {
+    yaml = "";
   }
-  const docs = YAML.parseAllDocuments(yaml).map((d) => d.toJS());
+  // kfp's compiler said it succeeded: no spec means the file changed the compiler under us.
+  const interfered = "the file interfered with kfp's compiler (does it replace kfp.compiler.Compiler or sys.modules['kfp']?)";
+  let docs: unknown[];
+  try {
+    docs = YAML.parseAllDocuments(yaml).map((d) => d.toJS());
+  } catch {
+    docs = [];
+  }
   const spec = docs[0] as { pipelineInfo?: { name?: string; description?: string } } | undefined;
   const irName = spec?.pipelineInfo?.name;
   if (!irName) {
-    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: "the compiled spec has no pipelineInfo.name (compiled with --kubernetes-manifest-format?)" } };
+    const what = yaml.trim() ? "the compiled YAML is no pipeline spec (no pipelineInfo.name)" : "the compile wrote no YAML";
+    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `${what}: ${interfered}` } };
   }
-  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml, fingerprint: fingerprintOf(docs[0], docs[1]) };
+  try {
+    if (!job.notKept) fs.renameSync(job.output, job.final);
+  } catch (error) {
+    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `cannot write the compiled YAML to ${shown(job.final)}: ${(error as Error).message}` } };
+  }
+  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml, fingerprint: fingerprintOf(docs[0], docs[1]), notKept: job.notKept };
 }
 
 function notUtf8(file: string): { line: number; byte: string } | undefined {
@@ -1097,7 +1140,7 @@ function toKfpError(error: unknown, what: string, host: string, timeoutMs: numbe
 
 /** Read failures worth another try: the network, a stalled answer, a gateway, a mangled body. */
 function retryable(error: KfpError): boolean {
-  if (answerProblem(error.cause, "")) return false; // the same answer again, or the same handshake
+  if (answerProblem(error.cause)) return false; // the same answer again, or the same handshake
   return error.status === undefined || error.status === 502 || error.status === 503 || error.status === 504;
 }
 
@@ -1451,7 +1494,7 @@ export function fitList(items: string[], budget: number): string {
 
 export function buildNotification(summary: Summary, topic: string, repository?: string, uiUrl?: string): Notification {
   const c = summary.counts;
-  const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => p.name ?? p.file);
+  const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? p.file));
   const what = repository ? `${repository}: ` : "";
   const title =
     c.failed === 0
@@ -1524,6 +1567,17 @@ export async function publish(
 
 // ─── 5. Report ───────────────────────────────────────────────────────────────────────────────────
 
+const ESCAPED: Record<string, string> = { "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+/**
+ * A file or pipeline name as people read it (log, step summary, notification, annotations, step
+ * outputs): control and bidi characters escaped, so a name stays one line, is one list entry and
+ * cannot start a workflow command (`::error::`). The JSON keeps the exact name.
+ */
+export function shown(name: string): string {
+  return name.replace(/[\\\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/gu, (c) => ESCAPED[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 export function countsOf(pipelines: PipelineReport[]): Summary["counts"] {
   const n = (f: (p: PipelineReport) => boolean) => pipelines.filter(f).length;
   const created = n((p) => p.action === "created");
@@ -1547,7 +1601,7 @@ function outputEntry(name: string, value: string): string {
 }
 
 export function actionsOutputs(summary: Summary): string {
-  const failed = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => p.name ?? p.file);
+  const failed = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? p.file));
   return [
     outputEntry("compiled", String(summary.counts.compiled)),
     outputEntry("uploaded", String(summary.counts.uploaded)),
@@ -1569,7 +1623,7 @@ export function stepSummary(summary: Summary): string {
     const result = p.status === "failed" ? "❌ compile failed" : p.action === "failed" ? "❌ upload failed" : p.plan ?? p.action ?? "compiled";
     const version = p.url ? `[${p.versionName ?? "open"}](${p.url})` : (p.versionName ?? "");
     const error = p.error ? `${p.error.line ? `line ${p.error.line}: ` : ""}${p.error.message}` : "";
-    return `| ${cell(p.name ?? "")} | \`${cell(p.file)}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
+    return `| ${cell(shown(p.name ?? ""))} | \`${cell(shown(p.file))}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
   });
   return [
     `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
@@ -1589,7 +1643,7 @@ export function annotations(summary: Summary): string[] {
   const prop = (s: string) => escape(s).replaceAll(":", "%3A").replaceAll(",", "%2C");
   return summary.pipelines
     .filter((p) => p.error)
-    .map((p) => `::error file=${prop(p.error!.file ?? p.file)}${p.error!.line ? `,line=${p.error!.line}` : ""},title=${prop(`kfp-sync ${p.error!.stage}`)}::${escape(p.error!.message)}`);
+    .map((p) => `::error file=${prop(shown(p.error!.file ?? p.file))}${p.error!.line ? `,line=${p.error!.line}` : ""},title=${prop(`kfp-sync ${p.error!.stage}`)}::${escape(p.error!.message)}`);
 }
 
 /** Write the Actions outputs and step summary where the runner provides them. */
@@ -1651,6 +1705,7 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
   const compiled = await compileStage(files, cfg, log, reports);
   const server = await uploadStage(compiled, cfg, log, reports, state);
   const summary = summarize(cfg, compiled.kfp, server, reports, state);
+  summary.problems.push(...compiled.unkept);
   await notifyStage(summary, cfg, env, log, state.abort.signal);
   summary.interrupted = state.signal; // a signal during notify counts too
   summary.durationMs = Math.round(performance.now() - started);
@@ -1660,27 +1715,41 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
 function findStage(cfg: Config, log: Log, reports: Map<string, PipelineReport>): PipelineFile[] {
   const found = discover(cfg);
   for (const p of found.problems) {
-    log.error(`${p.file}: ${p.message}`);
+    log.error(`${shown(p.file!)}: ${p.message}`);
     reports.set(p.file!, { file: p.file!, status: "failed", error: p, timings: {} });
   }
   log.info(`found ${found.files.length} pipeline file${found.files.length === 1 ? "" : "s"}${found.problems.length ? `, ${found.problems.length} unreadable` : ""}`);
   return found.files;
 }
 
-async function compileStage(files: PipelineFile[], cfg: Config, log: Log, reports: Map<string, PipelineReport>): Promise<CompileRun> {
+async function compileStage(files: PipelineFile[], cfg: Config, log: Log, reports: Map<string, PipelineReport>): Promise<CompileRun & { unkept: Problem[] }> {
   const compiled = await compileAll(files, cfg, (r) => {
-    if (r.ok) log.success(`${r.file.path} → ${r.irName} (${Math.round(r.ms)} ms)`);
-    else log.error(`${r.problem.file}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.problem.message}`);
+    if (r.ok) log.success(`${shown(r.file.path)} → ${shown(r.irName)} (${Math.round(r.ms)} ms)`);
+    else log.error(`${shown(r.problem.file ?? r.file.path)}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.problem.message}`);
+  });
+  // An out dir that cannot be written fails a real run's pipelines; a dry run keeps no YAML anyway.
+  const unkept: Problem[] = [];
+  const hint = "make the out dir writable, or point --out-dir/KFP_SYNC_OUT_DIR at a folder that is";
+  compiled.results = compiled.results.map((r) => {
+    if (!r.ok || !r.notKept) return r;
+    const message = `cannot write the compiled YAML to ${shown(path.relative(cfg.cwd, r.output) || r.output)}: ${r.notKept}`;
+    if (cfg.dryRun) {
+      unkept.push({ stage: "compile", file: r.file.path, message: `compiled in a temporary folder; the YAML was not kept: ${message}`, hint });
+      log.warn(`${shown(r.file.path)}: the YAML was not kept: ${message}`);
+      return r;
+    }
+    log.error(`${shown(r.file.path)}: ${message}`);
+    return { ok: false, file: r.file, ms: r.ms, problem: { stage: "compile", file: r.file.path, message, hint } };
   });
   for (const r of compiled.results) {
     reports.set(
       r.file.path,
       r.ok
-        ? { file: r.file.path, name: r.irName, output: path.relative(cfg.cwd, r.output) || r.output, status: "compiled", timings: { compileMs: r.ms } }
+        ? { file: r.file.path, name: r.irName, output: r.notKept ? undefined : path.relative(cfg.cwd, r.output) || r.output, status: "compiled", timings: { compileMs: r.ms } }
         : { file: r.file.path, status: "failed", error: r.problem, timings: { compileMs: r.ms } },
     );
   }
-  return compiled;
+  return { ...compiled, unkept };
 }
 
 async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports: Map<string, PipelineReport>, state: RunState): Promise<Summary["server"]> {
@@ -1730,17 +1799,17 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
   const clashing = named.filter((n) => filesByName.get(n.name)!.length > 1);
   for (const { spec, name } of clashing) {
     const others = filesByName.get(name)!.filter((o) => o.spec !== spec).map((o) => o.spec.file.path);
-    const message = `pipeline name "${name}" is also the name of ${others.join(", ")}: give each pipeline its own name (@dsl.pipeline(name=...))`;
+    const message = `pipeline name "${shown(name)}" is also the name of ${others.map(shown).join(", ")}: give each pipeline its own name (@dsl.pipeline(name=...))`;
     Object.assign(reports.get(spec.file.path)!, { name, action: "failed", error: { stage: "upload", file: spec.file.path, message } });
-    log.error(`${spec.file.path}: ${message}`);
+    log.error(`${shown(spec.file.path)}: ${message}`);
   }
   const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
     const report = reports.get(spec.file.path)!;
     const { pipelineName: name, action, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
     Object.assign(report, { name, action, plan, pipelineId, versionId, versionName, url, error });
     report.timings.uploadMs = Math.round(ms);
-    if (error) log.error(`${name}: ${error.message}`);
-    else log.success(`${name}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
+    if (error) log.error(`${shown(name)}: ${error.message}`);
+    else log.success(`${shown(name)}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
   };
   await uploadAll(ctx, named.filter((n) => !clashing.includes(n)), 4, record, () => state.stopped);
   return server;
