@@ -473,6 +473,14 @@ export function scrub(text: string, secrets: string[]): string {
   return out;
 }
 
+/**
+ * A copy of a record for output with every string scrubbed before it is serialized: a secret
+ * JSON-escaped inside a value would be escaped again by JSON.stringify and missed by scrub().
+ */
+export function scrubbed<T>(value: T, secrets: string[]): T {
+  return JSON.parse(JSON.stringify(value, (_key, v: unknown) => (typeof v === "string" ? scrub(v, secrets) : v)) ?? "null") as T;
+}
+
 /** A URL as it may be shown: credentials and ?auth= replaced, also in text that is no valid URL. */
 export function redactUrl(value: string): string {
   return value.replace(/\/\/[^/?#\s]*@/g, "//***@").replace(/([?&]auth=)[^&#\s]*/gi, "$1***");
@@ -1578,6 +1586,11 @@ export function shown(name: string): string {
   return name.replace(/[\\\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/gu, (c) => ESCAPED[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
+/** The summary as JSON text: the same values, with the characters JSON.stringify leaves raw (bidi, C1) escaped too; runners echo it into logs. */
+function summaryJson(summary: Summary): string {
+  return JSON.stringify(summary, null, 2).replace(/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
 export function countsOf(pipelines: PipelineReport[]): Summary["counts"] {
   const n = (f: (p: PipelineReport) => boolean) => pipelines.filter(f).length;
   const created = n((p) => p.action === "created");
@@ -1609,7 +1622,7 @@ export function actionsOutputs(summary: Summary): string {
     outputEntry("failed", String(summary.counts.failed)),
     outputEntry("version", summary.versionTag),
     outputEntry("failed_pipelines", failed.join("\n")),
-    outputEntry("summary_json", JSON.stringify(summary, null, 2)),
+    outputEntry("summary_json", summaryJson(summary)),
   ].join("");
 }
 
@@ -1662,8 +1675,9 @@ export function writeActionsFiles(summary: Summary, env: Env, secrets: string[],
 }
 
 /** Stage 5: JSON on stdout, Actions files where the runner gives them, annotations on GitHub, a last line. */
-export function report(summary: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }): void {
-  process.stdout.write(scrub(JSON.stringify(summary, null, 2), secrets) + "\n");
+export function report(raw: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }): void {
+  const summary = scrubbed(raw, secrets); // every output below is built from this one
+  process.stdout.write(scrub(summaryJson(summary), secrets) + "\n");
   writeActionsFiles(summary, env, secrets, log);
   if (env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY) log.log(stepSummary(summary)); // Gitea < 1.27 ignores the file
   const onGitHub = truthy(env.GITHUB_ACTIONS) && !truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS);
@@ -1837,7 +1851,7 @@ function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"
 async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, stop: AbortSignal): Promise<void> {
   if (!cfg.ntfy) return;
   const built = buildNotification(summary, ntfyTarget(cfg.ntfy.url).topic, env.GITHUB_REPOSITORY, summary.server ? cfg.uiUrl : undefined);
-  const note = JSON.parse(scrub(JSON.stringify(built), cfg.secrets)) as Notification;
+  const note = scrubbed(built, cfg.secrets);
   const where = cfg.ntfy.url.split("?")[0];
   if (cfg.dryRun) {
     log.info(`dry run: would notify ${where}:\n${JSON.stringify(note, null, 2)}`);

@@ -61,7 +61,7 @@ describe("an out dir that cannot be written", () => {
     const s = r.json();
     expect(s.counts).toMatchObject({ found: 2, failed: 2, uploaded: 0 });
     expect(failedWith(s, "document_ingestion_pipeline.py")).toBe("cannot write the compiled YAML to .kfp-sync/document_ingestion_pipeline.yaml: read-only file system (EROFS)");
-    expect(s.pipelines[0].error.hint).toContain("--out-dir");
+    expect(s.pipelines[0]!.error.hint).toContain("--out-dir");
     expect(kfp.requests.filter((q) => q.method === "POST")).toEqual([]);
     expect(ntfy.published.length).toBe(1);
   });
@@ -71,7 +71,7 @@ describe("an out dir that cannot be written", () => {
     fs.symlinkSync("gone/away", path.join(dir, ".kfp-sync"));
     const dry = await run(["--dry-run"], { cwd: dir });
     expect(dry.code).toBe(0);
-    expect(dry.json().problems[0].message).toContain("the out dir is a symbolic link to gone/away, which does not exist");
+    expect(dry.json().problems[0]!.message).toContain("the out dir is a symbolic link to gone/away, which does not exist");
     const real = await run(["--host", kfp.url], { cwd: dir, env: notifyEnv() });
     expect(real.code).toBe(1);
     expect(failedWith(real.json(), "evaluation_pipeline.py")).toContain("the out dir is a symbolic link to gone/away, which does not exist");
@@ -141,5 +141,5 @@ test("the examples still compile into the default out dir", async () => {
   const r = await run(["--dry-run"], { cwd: dir });
   expect(r.code).toBe(0);
   expect(r.json().problems).toEqual([]);
-  expect(fs.readdirSync(path.join(dir, ".kfp-sync")).sort()).toEqual(r.json().pipelines.map((p: { output: string }) => path.basename(p.output)).sort());
+  expect(fs.readdirSync(path.join(dir, ".kfp-sync")).sort()).toEqual(r.json().pipelines.map((p) => path.basename(p.output)).sort());
 });
