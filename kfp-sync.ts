@@ -913,7 +913,13 @@ export async function compileAll(
     if (driver.exitCode === null) driver.kill("SIGTERM");
     await driver.exited;
     running.driver = undefined;
-    for (const job of jobs) fs.rmSync(job.output, { force: true }); // what a failed compile left of claimOutput's file
+    for (const job of jobs) {
+      try {
+        fs.rmSync(job.output, { force: true }); // what a failed compile left of claimOutput's file
+      } catch {
+        // a folder that turned unwritable keeps an empty scratch file; the run's report matters more
+      }
+    }
     fs.rmSync(work, { recursive: true, force: true });
   }
   const tail = (await stderr).trim().slice(-500);
