@@ -40,6 +40,10 @@ const NAME_RULE = /^[a-z0-9][a-z0-9-]{0,127}$/;
 const NTFY_MAX_MESSAGE_BYTES = 4095;
 const NTFY_MAX_BODY_BYTES = 8191;
 const INTERRUPTED_NOTICE_MS = 5000;
+// Answers are read into memory: an endless or huge body must end the request, not the runner.
+// KFP's cap is above the 32 MiB spec limit because a version listing carries the whole spec as JSON.
+const MAX_KFP_ANSWER_BYTES = 64 << 20;
+const MAX_SMALL_ANSWER_BYTES = 1 << 20; // ntfy's publish answer and Gitea's version are a few bytes
 
 // ─── Types ───────────────────────────────────────────────────────────────────────────────────────
 
@@ -75,6 +79,8 @@ export interface CompiledSpec {
   /** Hash of the canonical spec: what "unchanged" compares (see Upload). */
   fingerprint: string;
   ms: number;
+  /** Why the YAML is not at `output`: the out dir could not be written, so it was compiled in a scratch folder. */
+  notKept?: string;
 }
 
 export type CompileResult =
@@ -294,7 +300,7 @@ async function giteaVersionOf(env: Env): Promise<string | undefined> {
   if (env.KFP_SYNC_GITEA_VERSION) return env.KFP_SYNC_GITEA_VERSION;
   if (!truthy(env.GITEA_ACTIONS) || truthy(env.FORGEJO_ACTIONS) || !env.GITHUB_SERVER_URL || env.KFP_SYNC_RUN_URL) return undefined;
   try {
-    const body = await ofetch<{ version?: string }>(`${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`, { retry: false, signal: AbortSignal.timeout(2000) });
+    const body = await ofetch.create({}, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) })<{ version?: string }>(`${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`, { retry: false, signal: AbortSignal.timeout(2000) });
     return body.version;
   } catch {
     return undefined;
@@ -348,17 +354,17 @@ export function resolveAuth(token: string | undefined, env: Env): Auth {
   return { kind: "none", source: "none" };
 }
 
-function parseHost(value: string, what: string): string {
+function parseHost(value: string, what: string, credentials = "use --token/KFP_TOKEN or KFP_COOKIE"): string {
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    throw new UsageError(`${what} "${value}" is not a URL: give it as http://HOST:PORT`);
+    throw new UsageError(`${what} "${redactUrl(value)}" is not a URL: give it as http://HOST:PORT`);
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new UsageError(`${what} "${value}" must start with http:// or https://`);
+    throw new UsageError(`${what} "${redactUrl(value)}" must start with http:// or https://`);
   }
-  if (url.username || url.password) throw new UsageError(`${what} must not carry credentials; use --token or KFP_COOKIE`);
+  if (url.username || url.password) throw new UsageError(`${what} must not carry credentials; ${credentials}`);
   return url.toString().replace(/\/+$/, "");
 }
 
@@ -400,7 +406,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   }
   const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
   const cookieValues = (env.KFP_COOKIE ?? "").split(";").map((c) => c.slice(c.indexOf("=") + 1).trim());
-  const secrets = [token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ...credentialForms(ntfyAuthorization(ntfyToken)), ...ntfyAuthSecrets];
+  const secrets = secretForms([token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ...credentialForms(ntfyAuthorization(ntfyToken)), ...ntfyAuthSecrets]);
 
   const namespace = flag("namespace") ?? env.KFP_NAMESPACE;
   const shared = bool("shared", "KFP_SHARED");
@@ -426,7 +432,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     timeoutSec: wholeNumber(flag("timeout") ?? env.KFP_SYNC_TIMEOUT, 120, "--timeout", 1),
     dryRun,
     host,
-    uiUrl: uiValue ? parseHost(uiValue, "--ui-url/KFP_UI_URL") : host,
+    uiUrl: uiValue ? parseHost(uiValue, "--ui-url/KFP_UI_URL", "a link needs none") : host,
     namespace,
     shared,
     auth,
@@ -439,7 +445,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     runUrl: flag("run-url"),
     commit: gitCommit(env, cwd),
     verbose: bool("verbose", "KFP_SYNC_VERBOSE"),
-    secrets: secrets.filter((s): s is string => typeof s === "string" && s.length >= 4),
+    secrets,
   };
 }
 
@@ -450,11 +456,118 @@ function isFlagValue(rawArgs: string[], i: number): boolean {
   return def !== undefined && def.type !== "boolean";
 }
 
-/** Replace every secret in a text with ***. Applied wherever text leaves the process. */
+/**
+ * Every form a secret takes in what kfp-sync prints: as given, JSON-escaped (the summary),
+ * URL-encoded (a query string) and, for user:password, the base64 of a Basic header. Longest
+ * first, so a form that contains another is replaced whole.
+ */
+export function secretForms(values: (string | null | undefined)[]): string[] {
+  const forms = new Set<string>();
+  for (const value of values) {
+    if (typeof value !== "string" || value.length < 4) continue;
+    forms.add(value);
+    forms.add(JSON.stringify(value).slice(1, -1));
+    forms.add(encodeURIComponent(value));
+    forms.add(new URLSearchParams({ s: value }).toString().slice(2)); // a space as +
+    if (value.includes(":")) forms.add(Buffer.from(value).toString("base64"));
+  }
+  return [...forms].sort((a, b) => b.length - a.length);
+}
+
+// A secret cut short by a length limit leaves its head at the end of a line or field; a head this
+// long is not found there by chance.
+const CUT_SECRET_MIN = 8;
+const FIELD_END = /[\s"'`\\|,;)\]}]/;
+
+/** Replace every secret in a text with ***, also a secret cut short. Applied wherever text leaves the process. */
 export function scrub(text: string, secrets: string[]): string {
   let out = text;
   for (const secret of secrets) out = out.split(secret).join("***");
+  for (const secret of secrets) {
+    // A header built around another secret ("Bearer …", "name=…") starts with words, not secret.
+    if (secret.length <= CUT_SECRET_MIN || secrets.some((other) => other !== secret && secret.includes(other))) continue;
+    const head = secret.slice(0, CUT_SECRET_MIN);
+    for (let at = out.indexOf(head); at >= 0; at = out.indexOf(head, at + 1)) {
+      let end = at + head.length;
+      while (end < out.length && end - at < secret.length && out[end] === secret[end - at]) end++;
+      if (end === out.length || FIELD_END.test(out[end]!)) out = `${out.slice(0, at)}***${out.slice(end)}`;
+    }
+  }
   return out;
+}
+
+/**
+ * A copy of a record for output with every string scrubbed before it is serialized: a secret
+ * JSON-escaped inside a value would be escaped again by JSON.stringify and missed by scrub().
+ */
+export function scrubbed<T>(value: T, secrets: string[]): T {
+  return JSON.parse(JSON.stringify(value, (_key, v: unknown) => (typeof v === "string" ? scrub(v, secrets) : v)) ?? "null") as T;
+}
+
+/** A URL as it may be shown: credentials and ?auth= replaced, also in text that is no valid URL. */
+export function redactUrl(value: string): string {
+  return value.replace(/\/\/[^/?#\s]*@/g, "//***@").replace(/([?&]auth=)[^&#\s]*/gi, "$1***");
+}
+
+// ─── HTTP, for every peer ────────────────────────────────────────────────────────────────────────
+
+/** An answer over the cap: reading stopped there, so memory stays bounded. */
+export class AnswerTooLarge extends Error {
+  override name = "AnswerTooLarge";
+  constructor(readonly limitBytes: number) {
+    super(`the answer was larger than ${limitBytes / 2 ** 20} MiB`);
+  }
+}
+
+/**
+ * fetch whose answers end at `limitBytes`: a declared length over it fails at once, a streamed
+ * body fails (and the connection is dropped) as soon as it passes it. ofetch reads every body
+ * whole, so the cap has to sit under it.
+ */
+export function cappedFetch(limitBytes: number): typeof fetch {
+  const capped = async (input: Parameters<typeof fetch>[0], init?: RequestInit): Promise<Response> => {
+    const response = await fetch(input, init);
+    if (Number(response.headers.get("content-length")) > limitBytes) {
+      await response.body?.cancel().catch(() => {});
+      throw new AnswerTooLarge(limitBytes);
+    }
+    if (!response.body) return response;
+    const reader = response.body.getReader();
+    let seen = 0;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const { done, value } = await reader.read();
+        if (done) return controller.close();
+        seen += value.byteLength;
+        if (seen > limitBytes) {
+          await reader.cancel().catch(() => {});
+          return controller.error(new AnswerTooLarge(limitBytes));
+        }
+        controller.enqueue(value);
+      },
+      cancel: (reason) => reader.cancel(reason),
+    });
+    return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  };
+  return capped as typeof fetch;
+}
+
+/**
+ * Failures no retry mends, in words: an answer over the cap, or https:// to a port that speaks
+ * plain HTTP (the TLS handshake fails). `url` is what the user gave, for the suggestion.
+ */
+export function answerProblem(error: unknown, url?: string): string | undefined {
+  const e = error as { cause?: unknown; code?: unknown; message?: unknown } | undefined;
+  const cause = (e?.cause ?? e) as { code?: unknown; message?: unknown } | undefined;
+  if (error instanceof AnswerTooLarge) return error.message;
+  if (cause instanceof AnswerTooLarge) return cause.message;
+  const tls = cause?.code === "EPROTO" || /TLS|SSL|handshake|wrong version number/i.test(String(cause?.message ?? ""));
+  if (!tls || (url && !url.startsWith("https:"))) return undefined;
+  const plain = URL.canParse(url ?? "") ? new URL(url!) : undefined;
+  if (!plain) return "the server does not speak HTTPS on that port";
+  plain.protocol = "http:";
+  plain.search = "";
+  return `the server does not speak HTTPS on that port; did you mean ${plain.toString().replace(/\/+$/, "")}?`;
 }
 
 // ─── 1. Discover ─────────────────────────────────────────────────────────────────────────────────
@@ -783,7 +896,7 @@ export async function compileAll(
   const jobs = files.map((file, i) => {
     const output = outputPathFor(file, cfg.cwd, cfg.outDir);
     // Compiled next to its final place, then renamed: a concurrent run never reads half a file.
-    return { file: file.abs, function: file.functionName, output: output.replace(/\.yaml$/, `.${process.pid}.tmp.yaml`), final: output, result: path.join(work, `${i}.result.json`), log: path.join(work, `${i}.log`) };
+    return { file: file.abs, function: file.functionName, output: output.replace(/\.yaml$/, `.${process.pid}.tmp.yaml`), final: output, result: path.join(work, `${i}.result.json`), log: path.join(work, `${i}.log`), notKept: undefined as string | undefined };
   });
   const results = new Map<number, CompileResult>();
   let kfp: CompileRun["kfp"];
@@ -805,10 +918,11 @@ export async function compileAll(
         if (cfg.kfpVersion && kfp.sdk !== cfg.kfpVersion) {
           throw new UsageError(`${cfg.python} has kfp ${kfp.sdk}, but ${cfg.kfpVersion} is pinned: install the pinned one (pip install -r requirements.txt) or change --kfp-version/KFP_SYNC_KFP_VERSION`);
         }
-        for (const job of jobs) {
-          fs.mkdirSync(path.dirname(job.output), { recursive: true });
-          fs.rmSync(job.final, { force: true }); // a failed compile must not leave last run's YAML behind
-        }
+        jobs.forEach((job, i) => {
+          job.notKept = claimOutput(job, cfg.outDir);
+          // Compiled all the same, where we can write: a dry run needs no YAML kept, and a compile error still shows.
+          if (job.notKept) job.output = path.join(work, `${i}.yaml`);
+        });
         driver.stdin.write(JSON.stringify({ jobs, parallel: cfg.jobs, timeout: cfg.timeoutSec }));
         await driver.stdin.end();
         continue;
@@ -822,6 +936,13 @@ export async function compileAll(
     if (driver.exitCode === null) driver.kill("SIGTERM");
     await driver.exited;
     running.driver = undefined;
+    for (const job of jobs) {
+      try {
+        fs.rmSync(job.output, { force: true }); // what a failed compile left of claimOutput's file
+      } catch {
+        // a folder that turned unwritable keeps an empty scratch file; the run's report matters more
+      }
+    }
     fs.rmSync(work, { recursive: true, force: true });
   }
   const tail = (await stderr).trim().slice(-500);
@@ -840,9 +961,42 @@ export async function compileAll(
   };
 }
 
-async function resultOf(file: PipelineFile, job: { output: string; final: string; log: string }, event: DriverEvent): Promise<CompileResult> {
+/** Make room for a file's YAML: its folder, no stale YAML, a file we may write. Why not, when it cannot. */
+function claimOutput(job: { output: string; final: string }, outDir: string): string | undefined {
+  try {
+    fs.mkdirSync(path.dirname(job.output), { recursive: true });
+    fs.rmSync(job.final, { force: true }); // a failed compile must not leave last run's YAML behind
+    fs.closeSync(fs.openSync(job.output, "w")); // root ignores mode bits, not a read-only mount: only a write tells
+    return undefined;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? "";
+    try {
+      if (fs.lstatSync(outDir).isSymbolicLink() && !fs.existsSync(outDir)) return `the out dir is a symbolic link to ${fs.readlinkSync(outDir)}, which does not exist`;
+    } catch {
+      // no out dir at all: the code below says why it could not be made
+    }
+    const reasons: Record<string, string> = {
+      EROFS: "read-only file system",
+      EACCES: "permission denied",
+      EPERM: "permission denied",
+      ENOTDIR: "a part of the path is a file, not a folder",
+      EISDIR: "a folder is in the way",
+      ERR_FS_EISDIR: "a folder is in the way",
+      EEXIST: "a file is in the way",
+      ELOOP: "symbolic link loop",
+      ENOSPC: "no space left on the device",
+      EDQUOT: "disk quota exceeded",
+    };
+    return reasons[code] ? `${reasons[code]} (${code.replace(/^ERR_FS_/, "")})` : (error as Error).message;
+  }
+}
+
+async function resultOf(file: PipelineFile, job: { output: string; final: string; log: string; notKept?: string }, event: DriverEvent): Promise<CompileResult> {
   const ms = event.ms ?? 0;
   if (!event.ok) {
+    if (!fs.existsSync(file.abs)) {
+      return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: "the file was removed after it was found (deleted while kfp-sync ran?)" } };
+    }
     const e = typeof event.error === "object" ? event.error : { message: String(event.error), file: file.abs, line: null };
     let message = e.message.replace(/\s*\n\s*/g, " ").trim(); // one line: CI logs and notifications
     if (/exited with code|killed by signal/.test(message)) {
@@ -859,17 +1013,29 @@ async function resultOf(file: PipelineFile, job: { output: string; final: string
   let yaml: string;
   try {
     yaml = await Bun.file(job.output).text();
-    fs.renameSync(job.output, job.final);
-  } catch (error) {
-    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `cannot write the compiled YAML to ${job.final}: ${(error as Error).message}` } };
+  } catch {
+    yaml = "";
   }
-  const docs = YAML.parseAllDocuments(yaml).map((d) => d.toJS());
+  // kfp's compiler said it succeeded: no spec means the file changed the compiler under us.
+  const interfered = "the file interfered with kfp's compiler (does it replace kfp.compiler.Compiler or sys.modules['kfp']?)";
+  let docs: unknown[];
+  try {
+    docs = YAML.parseAllDocuments(yaml).map((d) => d.toJS());
+  } catch {
+    docs = [];
+  }
   const spec = docs[0] as { pipelineInfo?: { name?: string; description?: string } } | undefined;
   const irName = spec?.pipelineInfo?.name;
   if (!irName) {
-    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: "the compiled spec has no pipelineInfo.name (compiled with --kubernetes-manifest-format?)" } };
+    const what = yaml.trim() ? "the compiled YAML is no pipeline spec (no pipelineInfo.name)" : "the compile wrote no YAML";
+    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `${what}: ${interfered}` } };
   }
-  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml, fingerprint: fingerprintOf(docs[0], docs[1]) };
+  try {
+    if (!job.notKept) fs.renameSync(job.output, job.final);
+  } catch (error) {
+    return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `cannot write the compiled YAML to ${shown(job.final)}: ${(error as Error).message}` } };
+  }
+  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml, fingerprint: fingerprintOf(docs[0], docs[1]), notKept: job.notKept };
 }
 
 function notUtf8(file: string): { line: number; byte: string } | undefined {
@@ -1042,6 +1208,9 @@ function toKfpError(error: unknown, what: string, host: string, timeoutMs: numbe
     const hint = STATUS_HINTS[status] ?? (status >= 500 ? STATUS_HINTS[500] : "");
     return new KfpError(`${what}: HTTP ${status}${detail ? ` — ${detail}` : ""}${hint ? ` (${hint})` : ""}`, status, false, { cause: error });
   }
+  const settled = answerProblem(error, host);
+  // An answer over the cap may come after the server acted: as unknown as a lost answer.
+  if (settled) return new KfpError(`${what}: ${settled}`, undefined, error instanceof AnswerTooLarge || fe.cause instanceof AnswerTooLarge, { cause: error });
   const cause = (fe.cause ?? fe) as { code?: string | number; name?: string; message?: string };
   // An AbortSignal timeout is a DOMException named TimeoutError whose numeric code says nothing.
   const code = typeof cause.code === "string" ? cause.code : (cause.name ?? "");
@@ -1057,6 +1226,7 @@ function toKfpError(error: unknown, what: string, host: string, timeoutMs: numbe
 
 /** Read failures worth another try: the network, a stalled answer, a gateway, a mangled body. */
 function retryable(error: KfpError): boolean {
+  if (answerProblem(error.cause)) return false; // the same answer again, or the same handshake
   return error.status === undefined || error.status === 502 || error.status === 503 || error.status === 504;
 }
 
@@ -1083,7 +1253,7 @@ export function kfpClient(
     headers: cfg.auth.header ? { [cfg.auth.header.name]: cfg.auth.header.value } : {},
     retry: false,
     onResponse: ({ request, response, options }) => log.debug(`${options.method ?? "GET"} ${String(request)} → ${response.status}`),
-  });
+  }, { fetch: cappedFetch(MAX_KFP_ANSWER_BYTES) });
   // Redirects are not followed: a gateway sends an expired session to its login page, and the
   // page's 200 must not pass for the API's answer.
   const call = async (what: string, route: string, query: Record<string, string | undefined> | undefined, init: { method?: "POST"; body?: FormData; timeoutMs: number }): Promise<unknown> => {
@@ -1656,7 +1826,7 @@ export function fitList(items: string[], budget: number | ((text: string) => boo
 
 export function buildNotification(summary: Summary, topic: string, repository?: string, uiUrl?: string): Notification {
   const c = summary.counts;
-  const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => p.name ?? p.file);
+  const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? p.file));
   const what = repository ? `${repository}: ` : "";
   const title = summary.interrupted
     ? `${what}kfp-sync interrupted (${summary.interrupted})`
@@ -1710,7 +1880,7 @@ export async function publish(
 ): Promise<void> {
   const { root } = ntfyTarget(ntfy.url);
   const auth = ntfyAuthorization(ntfy.token);
-  const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false });
+  const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false }, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) });
   for (let attempt = 1; ; attempt++) {
     try {
       await $ntfy(root, { method: "POST", body: note, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) });
@@ -1723,6 +1893,8 @@ export async function publish(
         await sleep(1000 * 2 ** (attempt - 1));
         continue;
       }
+      const settled = status ? undefined : answerProblem(error, ntfy.url);
+      if (settled) throw new Error(`notification not sent: ${settled}`, { cause: error });
       const detail = serverMessage(fe.data);
       const hint =
         status === 401 || status === 403
@@ -1743,6 +1915,22 @@ export async function publish(
 }
 
 // ─── 5. Report ───────────────────────────────────────────────────────────────────────────────────
+
+const ESCAPED: Record<string, string> = { "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+
+/**
+ * A file or pipeline name as people read it (log, step summary, notification, annotations, step
+ * outputs): control and bidi characters escaped, so a name stays one line, is one list entry and
+ * cannot start a workflow command (`::error::`). The JSON keeps the exact name.
+ */
+export function shown(name: string): string {
+  return name.replace(/[\\\p{Cc}\u2028\u2029\u202a-\u202e\u2066-\u2069]/gu, (c) => ESCAPED[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+/** The summary as JSON text: the same values, with the characters JSON.stringify leaves raw (bidi, C1) escaped too; runners echo it into logs. */
+function summaryJson(summary: Summary): string {
+  return JSON.stringify(summary, null, 2).replace(/[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
 
 export function countsOf(pipelines: PipelineReport[]): Summary["counts"] {
   const n = (f: (p: PipelineReport) => boolean) => pipelines.filter(f).length;
@@ -1767,7 +1955,7 @@ function outputEntry(name: string, value: string): string {
 }
 
 export function actionsOutputs(summary: Summary): string {
-  const failed = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => p.name ?? p.file);
+  const failed = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? p.file));
   return [
     outputEntry("compiled", String(summary.counts.compiled)),
     outputEntry("uploaded", String(summary.counts.uploaded)),
@@ -1775,7 +1963,7 @@ export function actionsOutputs(summary: Summary): string {
     outputEntry("failed", String(summary.counts.failed)),
     outputEntry("version", summary.versionTag),
     outputEntry("failed_pipelines", failed.join("\n")),
-    outputEntry("summary_json", JSON.stringify(summary, null, 2)),
+    outputEntry("summary_json", summaryJson(summary)),
   ].join("");
 }
 
@@ -1789,7 +1977,7 @@ export function stepSummary(summary: Summary): string {
     const result = p.status === "failed" ? "❌ compile failed" : p.action === "failed" ? "❌ upload failed" : p.plan ?? p.action ?? "compiled";
     const version = p.url ? `[${p.versionName ?? "open"}](${p.url})` : (p.versionName ?? "");
     const error = p.error ? `${p.error.line ? `line ${p.error.line}: ` : ""}${p.error.message}` : "";
-    return `| ${cell(p.name ?? "")} | \`${cell(p.file)}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
+    return `| ${cell(shown(p.name ?? ""))} | \`${cell(shown(p.file))}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
   });
   return [
     `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
@@ -1809,7 +1997,7 @@ export function annotations(summary: Summary): string[] {
   const prop = (s: string) => escape(s).replaceAll(":", "%3A").replaceAll(",", "%2C");
   return summary.pipelines
     .filter((p) => p.error)
-    .map((p) => `::error file=${prop(p.error!.file ?? p.file)}${p.error!.line ? `,line=${p.error!.line}` : ""},title=${prop(`kfp-sync ${p.error!.stage}`)}::${escape(p.error!.message)}`);
+    .map((p) => `::error file=${prop(shown(p.error!.file ?? p.file))}${p.error!.line ? `,line=${p.error!.line}` : ""},title=${prop(`kfp-sync ${p.error!.stage}`)}::${escape(p.error!.message)}`);
 }
 
 /** Write the Actions outputs and step summary where the runner provides them. */
@@ -1828,8 +2016,9 @@ export function writeActionsFiles(summary: Summary, env: Env, secrets: string[],
 }
 
 /** Stage 5: JSON on stdout, Actions files where the runner gives them, annotations on GitHub, a last line. */
-export function report(summary: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }, ntfyRequired = false): void {
-  process.stdout.write(scrub(JSON.stringify(summary, null, 2), secrets) + "\n");
+export function report(raw: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }, ntfyRequired = false): void {
+  const summary = scrubbed(raw, secrets); // every output below is built from this one
+  process.stdout.write(scrub(summaryJson(summary), secrets) + "\n");
   writeActionsFiles(summary, env, secrets, log);
   if (env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY) log.log(stepSummary(summary)); // Gitea < 1.27 ignores the file
   const onGitHub = truthy(env.GITHUB_ACTIONS) && !truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS);
@@ -1874,6 +2063,7 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
   const compiled = await compileStage(files, cfg, log, reports);
   const server = await uploadStage(compiled, cfg, log, reports, state);
   const summary = summarize(cfg, compiled.kfp, server, reports, state);
+  summary.problems.push(...compiled.unkept);
   await notifyStage(summary, cfg, env, log, state);
   summary.interrupted = state.signal; // a signal during notify counts too
   summary.durationMs = Math.round(performance.now() - started);
@@ -1883,27 +2073,41 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
 function findStage(cfg: Config, log: Log, reports: Map<string, PipelineReport>): PipelineFile[] {
   const found = discover(cfg);
   for (const p of found.problems) {
-    log.error(`${p.file}: ${p.message}`);
+    log.error(`${shown(p.file!)}: ${p.message}`);
     reports.set(p.file!, { file: p.file!, status: "failed", error: p, timings: {} });
   }
   log.info(`found ${found.files.length} pipeline file${found.files.length === 1 ? "" : "s"}${found.problems.length ? `, ${found.problems.length} unreadable` : ""}`);
   return found.files;
 }
 
-async function compileStage(files: PipelineFile[], cfg: Config, log: Log, reports: Map<string, PipelineReport>): Promise<CompileRun> {
+async function compileStage(files: PipelineFile[], cfg: Config, log: Log, reports: Map<string, PipelineReport>): Promise<CompileRun & { unkept: Problem[] }> {
   const compiled = await compileAll(files, cfg, (r) => {
-    if (r.ok) log.success(`${r.file.path} → ${r.irName} (${Math.round(r.ms)} ms)`);
-    else log.error(`${r.problem.file}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.problem.message}`);
+    if (r.ok) log.success(`${shown(r.file.path)} → ${shown(r.irName)} (${Math.round(r.ms)} ms)`);
+    else log.error(`${shown(r.problem.file ?? r.file.path)}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.problem.message}`);
+  });
+  // An out dir that cannot be written fails a real run's pipelines; a dry run keeps no YAML anyway.
+  const unkept: Problem[] = [];
+  const hint = "make the out dir writable, or point --out-dir/KFP_SYNC_OUT_DIR at a folder that is";
+  compiled.results = compiled.results.map((r) => {
+    if (!r.ok || !r.notKept) return r;
+    const message = `cannot write the compiled YAML to ${shown(path.relative(cfg.cwd, r.output) || r.output)}: ${r.notKept}`;
+    if (cfg.dryRun) {
+      unkept.push({ stage: "compile", file: r.file.path, message: `compiled in a temporary folder; the YAML was not kept: ${message}`, hint });
+      log.warn(`${shown(r.file.path)}: the YAML was not kept: ${message}`);
+      return r;
+    }
+    log.error(`${shown(r.file.path)}: ${message}`);
+    return { ok: false, file: r.file, ms: r.ms, problem: { stage: "compile", file: r.file.path, message, hint } };
   });
   for (const r of compiled.results) {
     reports.set(
       r.file.path,
       r.ok
-        ? { file: r.file.path, name: r.irName, output: path.relative(cfg.cwd, r.output) || r.output, status: "compiled", timings: { compileMs: r.ms } }
+        ? { file: r.file.path, name: r.irName, output: r.notKept ? undefined : path.relative(cfg.cwd, r.output) || r.output, status: "compiled", timings: { compileMs: r.ms } }
         : { file: r.file.path, status: "failed", error: r.problem, timings: { compileMs: r.ms } },
     );
   }
-  return compiled;
+  return { ...compiled, unkept };
 }
 
 async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports: Map<string, PipelineReport>, state: RunState): Promise<Summary["server"]> {
@@ -1961,17 +2165,17 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
   const clashing = named.filter((n) => filesByName.get(n.name)!.length > 1);
   for (const { spec, name } of clashing) {
     const others = filesByName.get(name)!.filter((o) => o.spec !== spec).map((o) => o.spec.file.path);
-    const message = `pipeline name "${name}" is also the name of ${others.join(", ")}: give each pipeline its own name (@dsl.pipeline(name=...))`;
+    const message = `pipeline name "${shown(name)}" is also the name of ${others.map(shown).join(", ")}: give each pipeline its own name (@dsl.pipeline(name=...))`;
     Object.assign(reports.get(spec.file.path)!, { name, action: "failed", error: { stage: "upload", file: spec.file.path, message } });
-    log.error(`${spec.file.path}: ${message}`);
+    log.error(`${shown(spec.file.path)}: ${message}`);
   }
   const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
     const report = reports.get(spec.file.path)!;
     const { pipelineName: name, action, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
     Object.assign(report, { name, action, plan, pipelineId, versionId, versionName, url, error });
     report.timings.uploadMs = Math.round(ms);
-    if (error) log.error(`${name}: ${error.message}`);
-    else log.success(`${name}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
+    if (error) log.error(`${shown(name)}: ${error.message}`);
+    else log.success(`${shown(name)}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
   };
   await uploadAll(ctx, named.filter((n) => !clashing.includes(n)), 4, record, () => state.stopped);
   // A read answered by a login page or a web page: a setup mistake found before writing (exit 2).
@@ -2006,7 +2210,7 @@ async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, st
   const ntfy = cfg.ntfy;
   const topic = ntfyTarget(ntfy.url).topic;
   const noteOf = (s: Summary) =>
-    JSON.parse(scrub(JSON.stringify(buildNotification(s, topic, env.GITHUB_REPOSITORY, s.server ? cfg.uiUrl : undefined)), cfg.secrets)) as Notification;
+    scrubbed(buildNotification(s, topic, env.GITHUB_REPOSITORY, s.server ? cfg.uiUrl : undefined), cfg.secrets);
   const where = ntfy.url.split("?")[0];
   if (cfg.dryRun) {
     log.info(`dry run: would notify ${where}:\n${JSON.stringify(noteOf(summary), null, 2)}`);
@@ -2100,7 +2304,7 @@ export async function main(rawArgs: string[]): Promise<number> {
   } catch (error) {
     const usage = error instanceof UsageError || (error as Error).name === "CLIError";
     const fromInput = [process.env.KFP_TOKEN, process.env.KFP_COOKIE, process.env.NTFY_TOKEN, ...repeatedFlag(rawArgs, "token"), ...repeatedFlag(rawArgs, "ntfy-token")];
-    const secrets = [...activeSecrets, ...fromInput.filter((s): s is string => !!s && s.length >= 4)];
+    const secrets = [...activeSecrets, ...secretForms(fromInput)];
     const verbose = rawArgs.includes("--verbose");
     const text = verbose ? ((error as Error).stack ?? String(error)) : (error as Error).message;
     process.stderr.write(scrub(`✖ ${text}\n`, secrets));
