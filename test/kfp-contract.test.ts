@@ -64,7 +64,12 @@ class Placeholders {
   private next: Record<string, number> = {};
 
   private add(kind: string, value: string) {
-    if (!value || value === UNKNOWN_ID || this.byValue.has(value)) return;
+    if (!value || value === UNKNOWN_ID) return;
+    // The recorder named ids over the whole recording: one seen in text first (a decoded page token) takes
+    // its known-key name once it shows up under a known key.
+    const earlier = this.byValue.get(value);
+    if (earlier && !(earlier.startsWith("<uuid:") && kind !== "uuid")) return;
+    if (earlier) this.byName.delete(earlier);
     const name = `<${kind}:${(this.next[kind] = (this.next[kind] ?? 0) + 1)}>`;
     this.byValue.set(value, name);
     this.byName.set(name, value);

@@ -534,13 +534,16 @@ interface RecurringRunRow {
   createdSec: number; updatedSec: number; noCatchup: boolean; namespace: string; experimentId: string;
 }
 
-const apiRecurringRun = (r: RecurringRunRow) => omitEmpty({
-  recurring_run_id: r.id, display_name: r.displayName, description: r.description,
+const apiRecurringRun = (r: RecurringRunRow) => ({
+  ...omitEmpty({ recurring_run_id: r.id, display_name: r.displayName, description: r.description,
   pipeline_version_reference: omitEmpty({ pipeline_id: r.pipelineId, pipeline_version_id: r.versionId }),
   runtime_config: r.runtimeConfig, service_account: r.serviceAccount, max_concurrency: String(r.maxConcurrency),
-  trigger: r.trigger as Json, mode: r.enabled ? "ENABLE" : "DISABLE", created_at: timestamp(r.createdSec),
-  updated_at: timestamp(r.updatedSec), status: r.enabled ? "ENABLED" : "DISABLED", no_catchup: r.noCatchup || undefined,
-  namespace: r.namespace, experiment_id: r.experimentId,
+  }),
+  trigger: r.trigger as Json, // a message that is set, so written even when empty
+  ...omitEmpty({
+    mode: r.enabled ? "ENABLE" : "DISABLE", created_at: timestamp(r.createdSec), updated_at: timestamp(r.updatedSec),
+    status: r.enabled ? "ENABLED" : "DISABLED", no_catchup: r.noCatchup || undefined, namespace: r.namespace, experiment_id: r.experimentId,
+  }),
 });
 
 const EXPERIMENTS: Listable<ExperimentRow> = {
@@ -714,7 +717,8 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     return row;
   };
 
-  const newest = <R extends Row>(rows: R[]) => rows.sort((a, b) => b.createdSec - a.createdSec || compare(b.id, a.id))[0];
+  /** The newest row; within one second the one stored last (rows come in insertion order). */
+  const newest = <R extends Row>(rows: R[]) => rows.reduce<R | undefined>((best, r) => (!best || r.createdSec >= best.createdSec ? r : best), undefined);
 
   // storage/pipeline_store.go: (Namespace, Name) is unique among pipelines, (PipelineId, Name) among versions.
   const addPipeline = (p: NewPipeline): PipelineRow => {
