@@ -302,7 +302,7 @@ describe("multi-user server", () => {
       expect(shared.status).toBe(200);
       expect(shared.body.namespace).toBeUndefined();
       // No identity, or a refused one: the upload routes fold both into their generic 400.
-      for (const headers of [{}, { "kubeflow-userid": "mallory@example.com" }]) {
+      for (const headers of [{}, { "kubeflow-userid": "mallory@example.com" }] as Record<string, string>[]) {
         const refused = await upload(stock, "upload", ir("p"), { name: "mine", namespace: "team-a" }, "pipeline.yaml", headers);
         expect(refused.status).toBe(400);
         expect(refused.body.error_message).toBe("Failed to create a pipeline");
