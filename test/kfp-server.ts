@@ -129,7 +129,7 @@ class UserError extends Error {
     readonly code: number,
     readonly internal: string,
     readonly external: string,
-    readonly bare = false, // raised by grpc-gateway itself: no api.Error detail
+    readonly bare = false, // raised by grpc-gateway itself: no google.rpc.Status detail
   ) {
     super(internal);
   }
