@@ -34,7 +34,7 @@ export function skipReason(what: string, why: string): void {
   process.stderr.write(`skipped against KFP_TEST_HOST: ${what}: ${why}\n`);
 }
 
-/** True (after saying why) when a test needs the imitation and the suite runs against KFP_TEST_HOST. */
+/** True (after saying why) when a test needs the imitation and the suite runs against KFP_TEST_HOST: for test.skipIf. */
 export function imitationOnly(what: string, why: string): boolean {
   if (!REMOTE_HOST) return false;
   skipReason(what, why);

@@ -123,8 +123,7 @@ describe("upload", () => {
     expect(writes(server).length).toBe(1);
   });
 
-  test("a server older than the SDK: a warning, and no tags parameter (it predates 2.17)", async () => {
-    if (imitationOnly("a server older than the SDK", "needs a server that says it is 2.16.0")) return;
+  test.skipIf(imitationOnly("a server older than the SDK", "needs a server that says it is 2.16.0"))("a server older than the SDK: a warning, and no tags parameter (it predates 2.17)", async () => {
     const old = await startKfpServer({ version: "2.16.0" });
     try {
       const r = await sync(examplesCopy(), old, ["evaluation_pipeline.py"]);
@@ -168,8 +167,7 @@ describe("upload", () => {
 describe("upload: auth, namespaces and server errors", () => {
   const TOKEN = "kfp-test-token-9f8e7d6c5b4a";
 
-  test("the bearer token is sent on every call and never printed", async () => {
-    if (imitationOnly("the bearer token is sent on every call", "needs a server that accepts only this test's own token")) return;
+  test.skipIf(imitationOnly("the bearer token is sent on every call", "needs a server that accepts only this test's own token"))("the bearer token is sent on every call and never printed", async () => {
     const server = await startKfpServer({ token: TOKEN });
     try {
       const dir = examplesCopy();
@@ -202,8 +200,7 @@ describe("upload: auth, namespaces and server errors", () => {
     }
   });
 
-  test("KFP_COOKIE: a bare value is sent as Dex's authservice_session cookie, never printed", async () => {
-    if (imitationOnly("KFP_COOKIE", "reads every request's headers, which only the imitation records")) return;
+  test.skipIf(imitationOnly("KFP_COOKIE", "reads every request's headers, which only the imitation records"))("KFP_COOKIE: a bare value is sent as Dex's authservice_session cookie, never printed", async () => {
     const server = await startKfpServer();
     try {
       const r = await sync(examplesCopy(), server, ["evaluation_pipeline.py"], { KFP_COOKIE: "dex-session-value-1234" });
@@ -219,8 +216,7 @@ describe("upload: auth, namespaces and server errors", () => {
     }
   });
 
-  test("multi-user: the namespace goes with every call that takes one; without it, exit 2", async () => {
-    if (imitationOnly("multi-user namespaces", "needs its own multi-user server with namespaces team-a")) return;
+  test.skipIf(imitationOnly("multi-user namespaces", "needs its own multi-user server with namespaces team-a"))("multi-user: the namespace goes with every call that takes one; without it, exit 2", async () => {
     const server = await startKfpServer({ multiUser: true });
     try {
       const dir = examplesCopy();
@@ -244,8 +240,7 @@ describe("upload: auth, namespaces and server errors", () => {
     }
   });
 
-  test("403, 409, 400 and 500 from the server: each reported clearly, the other pipelines go on", async () => {
-    if (imitationOnly("403, 409, 400 and 500 from the server", "injects faults (failNext), which only the imitation can")) return;
+  test.skipIf(imitationOnly("403, 409, 400 and 500 from the server", "injects faults (failNext), which only the imitation can"))("403, 409, 400 and 500 from the server: each reported clearly, the other pipelines go on", async () => {
     const server = await startKfpServer();
     try {
       const dir = examplesCopy();
@@ -295,8 +290,7 @@ describe("upload: auth, namespaces and server errors", () => {
     expect(s.pipelines[0]!.error.message).toContain("connection refused by http://127.0.0.1:9");
   });
 
-  test("a flaky read is retried with backoff and the sync succeeds", async () => {
-    if (imitationOnly("a flaky read is retried", "injects faults (failNext), which only the imitation can")) return;
+  test.skipIf(imitationOnly("a flaky read is retried", "injects faults (failNext), which only the imitation can"))("a flaky read is retried with backoff and the sync succeeds", async () => {
     const server = await startKfpServer();
     try {
       const dir = examplesCopy();
