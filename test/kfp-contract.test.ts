@@ -295,6 +295,8 @@ function remoteSkip(c: Case, multiUser: boolean): string | undefined {
   // A listing holds on a shared server only when it is narrowed to what this run created.
   const narrowed = /filter=[^&]*contract|<pipeline_id:\d+>\/versions|experiment_id=<experiment_id/.test(request);
   if ((/"total_size"|^\{\}$/.test(body) || c.response.page_token_decoded) && c.request.method === "GET" && !narrowed) return "counts or orders everything on the server: only holds on a fresh one";
+  const displayName = /display_name=\{\{[a-z]\*(\d+)\}\}/.exec(c.request.query);
+  if (displayName && Number(displayName[1]) > 255) return "a display_name over 255 bytes: a cluster's MySQL column (VARCHAR(255)) refuses what the recording's sqlite kept";
   if (/<page_token:\d+>/.test(request) && !narrowed) return "pages through a listing of everything on the server";
   if (/\{\{[a-z]\*12[789]\}\}|name=(%E6%97%A5){40}/.test(request)) return "a name at a length limit cannot take the run prefix";
   if (/denied@example\.com|kubeflow-userid|x-goog-authenticated|Bearer <token>/.test(request)) return "identity is decided by the cluster's gateway and RBAC, not by the recorder's fake authorizer";
