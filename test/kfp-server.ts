@@ -50,7 +50,7 @@ export interface KfpServerOptions {
   port?: number;
   /** Require `Authorization: Bearer <token>` on every route, else 401. */
   token?: string;
-  /** Multi-user mode: namespaces are kept and scope pipelines; healthz reports multi_user. */
+  /** Multi-user mode: namespaces are kept and scope pipelines, namespaced ones need an identity; healthz reports multi_user. */
   multiUser?: boolean;
   /**
    * REQUIRE_NAMESPACE_FOR_PIPELINES: in multi-user mode an empty namespace is a 400. Default false, as in the
