@@ -1,17 +1,21 @@
 /**
- * A KFP-faithful fake of the Kubeflow Pipelines API server: the v2beta1 pipeline routes only, in memory.
- * Tests, benchmarks and the README demo run kfp-sync against it because no real KFP server runs here.
+ * A KFP-faithful fake of the Kubeflow Pipelines API server, in memory: the v2beta1 pipeline, experiment and
+ * recurring-run routes, the upload routes and healthz. Tests, benchmarks and the README demo run kfp-sync
+ * against it because no real KFP server runs here.
  *
- * Behaviour follows kubeflow/pipelines on the 2.17 line (facts carried over, no code). Each rule names the
- * upstream file it comes from, relative to backend/src/apiserver/. Known differences from a real server:
- * - created_at has millisecond precision and is strictly increasing; upstream stores whole seconds
- *   (CreatedAtInSec) and breaks ties by UUID, so same-second uploads sort arbitrarily there.
- * - pipeline_spec is returned as uploaded; upstream re-marshals it through protojson (drops default values).
- * - Only .yaml/.yml uploads; upstream also unpacks .zip and .tar.gz. Argo (v1) workflows are rejected.
- * - String filters compare case-sensitively; upstream's MySQL collation may not.
- * - `token` models an auth proxy / token authenticator in front of the server (401 on every route).
+ * Behaviour follows the recorded contract of the real server, release 2.17.0
+ * (test/contracts/kfp-apiserver-2.17.0; test/kfp-contract.test.ts replays every case against this file).
+ * Rules name the upstream file they come from, relative to backend/src/apiserver/. Known differences:
+ * - An upload that is not YAML at all is answered 400 `unknown template format`; the real server never
+ *   answers it (its YAML check loops), which a test server must not copy.
+ * - Only .yaml/.yml/.json uploads; upstream also unpacks .zip and .tar.gz. Argo (v1) workflows are rejected.
+ * - String filters and sorting compare bytes (as the recording's sqlite did); MySQL's collation may not.
+ * - Identity (multi-user): the `kubeflow-userid` header, or any bearer token as user `test` (the recording's
+ *   TokenReview stand-in); `deniedUsers` stands in for RBAC refusing a user.
+ * - `token` models an auth proxy in front of the server (401 on every route without that bearer token).
+ * - Recurring runs are stored, never scheduled; nothing runs.
  */
-import { STATUS_CODES } from "node:http";
+import { createServer, STATUS_CODES } from "node:http";
 import { parseAllDocuments } from "yaml";
 
 // ---------------------------------------------------------------------------------------------------------
@@ -46,12 +50,19 @@ export interface KfpServerOptions {
   port?: number;
   /** Require `Authorization: Bearer <token>` on every route, else 401. */
   token?: string;
-  /** Multi-user mode: namespaces are kept and scope pipelines; healthz reports multi_user. */
+  /** Multi-user mode: namespaces are kept and scope pipelines, namespaced ones need an identity; healthz reports multi_user. */
   multiUser?: boolean;
-  /** REQUIRE_NAMESPACE_FOR_PIPELINES: in multi-user mode an empty namespace is a 400. Default true. */
+  /**
+   * REQUIRE_NAMESPACE_FOR_PIPELINES: in multi-user mode an empty namespace is a 400. Default false, as in the
+   * stock manifests: a pipeline without a namespace is then a shared one.
+   */
   requireNamespace?: boolean;
-  /** healthz tag_name. */
+  /** Multi-user: users the authorizer refuses (403), standing in for RBAC. */
+  deniedUsers?: string[];
+  /** healthz tag_name (default 2.17.0, the release the contract was recorded from). */
   version?: string;
+  /** healthz commit_sha (default: the 2.17.0 release commit). */
+  commitSha?: string;
   /** One stderr line per request: method, path, status. */
   log?: boolean;
 }
@@ -83,7 +94,8 @@ interface PipelineRow {
   displayName: string;
   description: string;
   namespace: string;
-  createdMs: number;
+  /** CreatedAtInSec: whole seconds; rows of the same second are ordered by id. */
+  createdSec: number;
   tags?: Record<string, string>;
 }
 
@@ -93,7 +105,7 @@ interface VersionRow {
   name: string;
   displayName: string;
   description: string;
-  createdMs: number;
+  createdSec: number;
   specYaml: string;
   spec: Record<string, unknown>;
   codeSourceUrl: string;
@@ -117,7 +129,7 @@ class UserError extends Error {
     readonly code: number,
     readonly internal: string,
     readonly external: string,
-    readonly bare = false, // raised by grpc-gateway itself: no api.Error detail
+    readonly bare = false, // raised by grpc-gateway itself: no google.rpc.Status detail
   ) {
     super(internal);
   }
@@ -126,19 +138,32 @@ class UserError extends Error {
   }
 }
 
+/** A filter that is not JSON: the list handlers meet it first, in their tag-filter step. */
+class FilterSyntaxError extends UserError {
+  constructor(msg: string) {
+    super(3, `Invalid input error: ${msg}`, msg);
+  }
+}
+
 const invalidInput = (msg: string) => new UserError(3, `Invalid input error: ${msg}`, msg);
 const invalidSpec = (msg: string, cause = "pipeline spec is invalid") =>
   new UserError(3, `InvalidInputError: ${msg}: ${cause}`, msg);
 const notFound = (type: string, name: string) =>
-  new UserError(5, `ResourceNotFoundError: ${type} ${name} not found.`, `${type} ${name} not found.`);
+  new UserError(5, `ResourceNotFoundError: ${type} ${name} not found`, `${type} ${name} not found`);
 const alreadyExists = (msg: string) => new UserError(6, `Already exist error: ${msg}`, msg);
 const internalError = (msg: string) => new UserError(13, `InternalServerError: ${msg}`, "Internal Server Error");
+const NO_IDENTITY = "Request header error: there is no user identity header.";
 const unauthenticated = () =>
   new UserError(
     16,
-    "Unauthenticated: Failed to check authorization. User identity is empty in the request header",
+    `Unauthenticated: Failed to check authorization. User identity is empty in the request header: Unauthenticated: ${NO_IDENTITY}: ${NO_IDENTITY}`,
     "Failed to check authorization. User identity is empty in the request header",
   );
+/** resource_manager.go IsAuthorized: a SubjectAccessReview refused. */
+const permissionDenied = (user: string, attributes: string) => {
+  const external = `User '${user}' is not authorized with reason:  (request: &ResourceAttributes{${attributes}})`;
+  return new UserError(7, `PermissionDenied: ${external}: Unauthorized access`, external);
+};
 
 // grpc-gateway v2 HTTPStatusFromCode
 const HTTP_STATUS: Record<number, number> = { 3: 400, 5: 404, 6: 409, 7: 403, 9: 400, 10: 409, 12: 501, 13: 500, 14: 503, 16: 401 };
@@ -147,9 +172,9 @@ function json(status: number, body: unknown, contentType = "application/json"): 
   return new Response(JSON.stringify(body), { status, headers: { "content-type": contentType } });
 }
 
-/** grpc-gateway v2 error body: google.rpc.Status with a KFP api.Error detail (util.ToGRPCError). */
+/** grpc-gateway v2 error body: the wrapped chain as message, the clean message in a google.rpc.Status detail. */
 function gatewayError(err: UserError): Response {
-  const details = [{ "@type": "type.googleapis.com/api.Error", error_message: err.external, error_details: err.internal }];
+  const details = [{ "@type": "type.googleapis.com/google.rpc.Status", code: err.code, message: err.external }];
   return json(HTTP_STATUS[err.code] ?? 500, err.bare ? { code: err.code, message: err.internal } : { code: err.code, message: err.internal, details });
 }
 
@@ -200,6 +225,8 @@ const isPlatformSpec = (doc: unknown): doc is Json =>
 
 /** Returns the spec as GetPipelineVersion shows it (server/api_converter.go YamlStringToPipelineSpecStruct). */
 function parseTemplate(text: string): Record<string, unknown> {
+  // An empty file fails below the template checks, as a server error (500), not as invalid input.
+  if (text.length === 0) throw internalError("Failed to parse the pipeline template: empty file");
   const docs = parseAllDocuments(text);
   const values = (Array.isArray(docs) ? docs : [docs]).map((d) => (d.errors.length ? undefined : d.toJS()));
   if (!values.some(isPipelineSpec)) throw invalidSpec("unknown template format");
@@ -233,21 +260,42 @@ function validatePipelineName(name: string): void {
 
 function checkLength(column: keyof typeof MAX_LENGTH, value: string): void {
   const max = MAX_LENGTH[column];
-  if (value.length > max) throw invalidInput(`${column} length cannot exceed ${max}`);
+  // Go's len(): bytes, so 43 three-byte characters are over 128.
+  if (Buffer.byteLength(value) > max) throw invalidInput(`${column} length cannot exceed ${max}`);
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // Listing: list/list.go (paging, sorting, page tokens) and filter/filter.go (predicates)
 
+/** How a listable model is named in page tokens and messages, and which API fields sort and filter it. */
+interface Listable<R> {
+  type: string; // "Pipeline", in "Invalid sorting field ... on listable type Pipeline"
+  table: string; // the model's table: page tokens carry it as ModelName and column prefix
+  fields: Record<string, FieldGetter<R>>;
+  /** API field → model column, for page tokens (list.go SortByFieldName / SortBySQLColumn). */
+  columns: Record<string, string>;
+}
+
 type FieldGetter<R> = (row: R) => string | number;
-const PIPELINE_FIELDS: Record<string, FieldGetter<PipelineRow>> = {
-  id: (r) => r.id, pipeline_id: (r) => r.id, name: (r) => r.name, display_name: (r) => r.displayName,
-  created_at: (r) => r.createdMs, description: (r) => r.description, namespace: (r) => r.namespace,
+interface Row { id: string; createdSec: number; tags?: Record<string, string> }
+
+const PIPELINES: Listable<PipelineRow> = {
+  type: "Pipeline", table: "pipelines",
+  fields: {
+    id: (r) => r.id, pipeline_id: (r) => r.id, name: (r) => r.name, display_name: (r) => r.displayName,
+    created_at: (r) => r.createdSec, description: (r) => r.description, namespace: (r) => r.namespace,
+  },
+  columns: { id: "UUID", pipeline_id: "UUID", name: "Name", display_name: "DisplayName", created_at: "CreatedAtInSec", description: "Description", namespace: "Namespace" },
 };
-const VERSION_FIELDS: Record<string, FieldGetter<VersionRow>> = {
-  id: (r) => r.id, pipeline_version_id: (r) => r.id, name: (r) => r.name, display_name: (r) => r.displayName,
-  created_at: (r) => r.createdMs, status: () => "READY", description: (r) => r.description, pipeline_spec: (r) => r.specYaml,
+const VERSIONS: Listable<VersionRow> = {
+  type: "PipelineVersion", table: "pipeline_versions",
+  fields: {
+    id: (r) => r.id, pipeline_version_id: (r) => r.id, name: (r) => r.name, display_name: (r) => r.displayName,
+    created_at: (r) => r.createdSec, status: () => "READY", description: (r) => r.description, pipeline_spec: (r) => r.specYaml,
+  },
+  columns: { id: "UUID", pipeline_version_id: "UUID", name: "Name", display_name: "DisplayName", created_at: "CreatedAtInSec", status: "Status", description: "Description", pipeline_spec: "PipelineSpec" },
 };
+
 const OPERATIONS = new Set(["EQUALS", "NOT_EQUALS", "GREATER_THAN", "GREATER_THAN_EQUALS", "LESS_THAN", "LESS_THAN_EQUALS", "IN", "IS_SUBSTRING"]);
 const OPERATION_NUMBERS: Record<number, string> = { 0: "OPERATION_UNSPECIFIED", 1: "EQUALS", 2: "NOT_EQUALS", 3: "GREATER_THAN", 5: "GREATER_THAN_EQUALS", 6: "LESS_THAN", 7: "LESS_THAN_EQUALS", 8: "IN", 9: "IS_SUBSTRING" };
 const VALUE_FIELDS = new Set(["int_value", "long_value", "string_value", "timestamp_value", "int_values", "long_values", "string_values"]);
@@ -255,10 +303,74 @@ const protoName = (key: string) => key.replace(/[A-Z]/g, (c) => `_${c.toLowerCas
 
 interface Predicate { key: string; operation: string; value: string | number | (string | number)[] }
 
-/** The filter query value is URL-decoded once more by the server and parsed strictly as a v2beta1 Filter. */
+/** Where JSON text first goes wrong, as (line, column) and the offending token. */
+function jsonSyntaxError(text: string): { line: number; col: number; token: string; eof: boolean; inKey: boolean } {
+  let i = 0;
+  const ws = () => { while (/\s/.test(text[i] ?? "")) i++; };
+  const fail = (inKey = false): never => {
+    const before = text.slice(0, i).split("\n");
+    const token = /^[^\s,:{}[\]"]+/.exec(text.slice(i))?.[0] ?? text[i] ?? "";
+    throw { line: before.length, col: before.at(-1)!.length + 1, token, eof: i >= text.length, inKey };
+  };
+  const str = () => {
+    if (text[i] !== '"') fail();
+    i++;
+    while (i < text.length && text[i] !== '"') i += text[i] === "\\" ? 2 : 1;
+    if (i >= text.length) fail();
+    i++;
+  };
+  const value = (): void => {
+    ws();
+    const c = text[i];
+    if (c === "{") {
+      i++; ws();
+      if (text[i] === "}") { i++; return; }
+      for (;;) {
+        ws();
+        if (text[i] !== '"') fail(true);
+        str(); ws();
+        if (text[i] !== ":") fail();
+        i++; value(); ws();
+        if (text[i] === ",") { i++; continue; }
+        if (text[i] === "}") { i++; return; }
+        fail();
+      }
+    } else if (c === "[") {
+      i++; ws();
+      if (text[i] === "]") { i++; return; }
+      for (;;) {
+        value(); ws();
+        if (text[i] === ",") { i++; continue; }
+        if (text[i] === "]") { i++; return; }
+        fail();
+      }
+    } else if (c === '"') str();
+    else {
+      const m = /^(true|false|null|-?\d+(\.\d+)?([eE][-+]?\d+)?)/.exec(text.slice(i));
+      if (!m) fail();
+      i += m![0].length;
+    }
+  };
+  try {
+    value();
+    ws();
+    if (i < text.length) fail();
+  } catch (e) {
+    return e as ReturnType<typeof jsonSyntaxError>;
+  }
+  return { line: 1, col: 1, token: "", eof: true, inKey: false };
+}
+
+/** protojson's wording for text that is not JSON. */
+function protoSyntaxError(text: string): string {
+  const e = jsonSyntaxError(text);
+  return e.eof ? "proto: syntax error (line 1:1): unexpected token" : `proto: syntax error (line ${e.line}:${e.col}): invalid value ${e.token}`;
+}
+
+/** The filter query value is parsed strictly as a v2beta1 Filter (protojson: unknown fields refused). */
 function parseFilter(raw: string, keys: string[]): Predicate[] {
-  const parsed = tryJson(decodeURIComponent(raw.replace(/\+/g, " ")));
-  if (!isObject(parsed)) throw invalidInput("failed to parse filter spec: proto: syntax error: unexpected token");
+  const parsed = tryJson(raw);
+  if (!isObject(parsed)) throw new FilterSyntaxError(`failed to parse filter spec: ${protoSyntaxError(raw)}`);
   const unknownTop = Object.keys(parsed).find((k) => k !== "predicates");
   if (unknownTop) throw invalidInput(`failed to parse filter spec: proto: unknown field "${unknownTop}"`);
   return ((parsed.predicates ?? []) as Json[]).map((p) => {
@@ -287,11 +399,11 @@ function parseFilter(raw: string, keys: string[]): Predicate[] {
   });
 }
 
-const compare = (a: string | number, b: string | number) => (a < b ? -1 : a > b ? 1 : 0);
+/** Byte order, as sqlite compares (upper case before lower case). */
+const compare = (a: string | number, b: string | number) => (typeof a === "number" && typeof b === "number" ? a - b : Buffer.compare(Buffer.from(String(a)), Buffer.from(String(b))));
 
-function matches<R extends { createdMs: number; tags?: Record<string, string> }>(row: R, fields: Record<string, FieldGetter<R>>, p: Predicate): boolean {
-  // Filters compare created_at in whole seconds (filter.go converts timestamps with ts.Unix()).
-  const v = p.key.startsWith("tags.") ? row.tags?.[p.key.slice(5)] ?? "" : p.key === "created_at" ? Math.floor(row.createdMs / 1000) : fields[p.key]!(row);
+function matches<R extends Row>(row: R, fields: Record<string, FieldGetter<R>>, p: Predicate): boolean {
+  const v = p.key.startsWith("tags.") ? row.tags?.[p.key.slice(5)] ?? "" : fields[p.key]!(row);
   if (Array.isArray(p.value)) return p.value.includes(v); // IN
   const order = compare(v, p.value);
   switch (p.operation) {
@@ -305,70 +417,82 @@ function matches<R extends { createdMs: number; tags?: Record<string, string> }>
   }
 }
 
-interface PageToken { SortByFieldName: string; SortByFieldValue: string | number; KeyFieldValue: string; IsDesc: boolean; Filter: string }
+/** list.go token: JSON, base64 (StdEncoding); the next page starts at the row it names. */
+interface PageToken {
+  SortByFieldName: string; SortBySQLColumn: string; SortByFieldValue: string | number; SortByFieldPrefix: string;
+  KeyFieldName: string; KeyFieldValue: string; KeyFieldPrefix: string; IsDesc: boolean; ModelName: string; Filter: Predicate[] | null;
+}
+
+/** Go's base64.StdEncoding.DecodeString error text. */
+function decodeBase64(text: string): string {
+  const bad = text.search(/[^A-Za-z0-9+/=]/);
+  if (bad >= 0) throw new Error(`illegal base64 data at input byte ${bad}`);
+  if (text.length % 4 !== 0) throw new Error(`illegal base64 data at input byte ${text.length - (text.length % 4)}`);
+  return Buffer.from(text, "base64").toString("utf8");
+}
 
 /** One page of rows, the total count of matches, and the token for the next page ("" on the last). */
-function listPage<R extends { id: string; createdMs: number; tags?: Record<string, string> }>(
-  rows: R[], fields: Record<string, FieldGetter<R>>, listable: string, q: URLSearchParams,
-): { items: R[]; total: number; next: string } {
+function listPage<R extends Row>(rows: R[], model: Listable<R>, q: URLSearchParams): { items: R[]; total: number; next: string } {
+  const fields = model.fields;
   const rawSize = q.get("page_size") ?? "0";
   if (!/^-?\d+$/.test(rawSize)) {
-    throw new UserError(3, `type mismatch, parameter: page_size, error: strconv.ParseInt: parsing "${rawSize}": invalid syntax`, "", true);
+    throw new UserError(3, `parsing field "page_size": strconv.ParseInt: parsing "${rawSize}": invalid syntax`, "", true);
   }
   let pageSize = Number(rawSize);
   if (pageSize < 0) throw invalidInput(`The page size should be greater than 0. Got ${pageSize}`);
   pageSize = pageSize === 0 ? DEFAULT_PAGE_SIZE : Math.min(pageSize, MAX_PAGE_SIZE);
 
-  const fromRequest = (): Omit<PageToken, "SortByFieldValue" | "KeyFieldValue"> => {
+  type Criteria = { field: string; IsDesc: boolean; Filter: Predicate[] | null };
+  const fromRequest = (): Criteria => {
     const sortBy = q.get("sort_by") ?? "";
-    const words = sortBy.toLowerCase().split(/\s+/).filter(Boolean);
+    const words = sortBy.split(" ").filter(Boolean);
     if (words.length > 2 || (words.length === 2 && words[1] !== "asc" && words[1] !== "desc")) {
       throw invalidInput(`Received invalid sort by format "${sortBy}". Supported format: "field_name", "field_name desc", or "field_name asc"`);
     }
-    if (words[0] && !(words[0] in fields)) throw invalidInput(`Invalid sorting field: "${words[0]}" on listable type ${listable}`);
-    const filter = q.get("filter") ? JSON.stringify(parseFilter(q.get("filter")!, Object.keys(fields))) : "";
-    return { SortByFieldName: words[0] ?? "created_at", IsDesc: words[1] === "desc", Filter: filter };
+    if (words[0] && !(words[0] in fields)) throw invalidInput(`Invalid sorting field: "${words[0]}" on listable type ${model.type}`);
+    const filter = q.get("filter") ? parseFilter(q.get("filter")!, Object.keys(fields)) : null;
+    return { field: words[0] ?? "created_at", IsDesc: words[1] === "desc", Filter: filter };
   };
 
-  let opts: Omit<PageToken, "SortByFieldValue" | "KeyFieldValue">;
+  let criteria: Criteria;
   let cursor: PageToken | undefined;
   const rawToken = q.get("page_token");
   if (rawToken) {
     try {
-      cursor = JSON.parse(Buffer.from(rawToken, "base64").toString("utf8")) as PageToken;
-      if (!cursor.SortByFieldName) throw new Error("missing sort field");
+      cursor = JSON.parse(decodeBase64(rawToken)) as PageToken;
     } catch (e) {
-      throw new UserError(3, `InvalidInputError: Invalid package token: ${(e as Error).message}`, "Invalid package token");
+      throw new UserError(3, `InvalidInputError: Invalid page token: ${(e as Error).message}`, "Invalid page token");
     }
-    opts = cursor;
+    const field = Object.keys(model.columns).find((f) => model.columns[f] === cursor!.SortByFieldName) ?? "created_at";
+    criteria = { field, IsDesc: cursor.IsDesc, Filter: cursor.Filter };
     // A page token carries its own sort and filter; repeating them is allowed only if they match.
     if (q.get("sort_by") || q.get("filter")) {
       const fresh = fromRequest();
-      if (fresh.SortByFieldName !== cursor.SortByFieldName || fresh.IsDesc !== cursor.IsDesc || fresh.Filter !== cursor.Filter) {
-        throw invalidInput("page token does not match the supplied sort by and/or filtering criteria. Either specify the same criteria or leave the latter empty if page token is specified.");
+      if (model.columns[fresh.field] !== cursor.SortByFieldName || fresh.IsDesc !== cursor.IsDesc || JSON.stringify(fresh.Filter) !== JSON.stringify(cursor.Filter)) {
+        throw invalidInput("page token does not match the supplied sort by and/or filtering criteria. Either specify the same criteria or leave the latter empty if page token is specified");
       }
     }
   } else {
-    opts = fromRequest();
+    criteria = fromRequest();
   }
 
-  const predicates: Predicate[] = opts.Filter ? JSON.parse(opts.Filter) : [];
-  const sortValue = fields[opts.SortByFieldName]!;
-  const sign = opts.IsDesc ? -1 : 1;
+  const sortValue = fields[criteria.field]!;
+  const sign = criteria.IsDesc ? -1 : 1;
   // ORDER BY sort field, then UUID, both in the requested direction.
   const sorted = rows
-    .filter((r) => predicates.every((p) => matches(r, fields, p)))
+    .filter((r) => (criteria.Filter ?? []).every((p) => matches(r, fields, p)))
     .sort((a, b) => sign * (compare(sortValue(a), sortValue(b)) || compare(a.id, b.id)));
-  // The token names the first row of the next page, so that row is included (>=).
   const start = cursor
     ? sorted.filter((r) => sign * (compare(sortValue(r), cursor!.SortByFieldValue) || compare(r.id, cursor!.KeyFieldValue)) >= 0)
     : sorted;
   const items = start.slice(0, pageSize);
   const following = start[pageSize];
-  const next = following
-    ? Buffer.from(JSON.stringify({ ...opts, SortByFieldValue: sortValue(following), KeyFieldValue: following.id })).toString("base64")
-    : "";
-  return { items, total: sorted.length, next };
+  const column = model.columns[criteria.field]!;
+  const token: PageToken | undefined = following && {
+    SortByFieldName: column, SortBySQLColumn: column, SortByFieldValue: sortValue(following), SortByFieldPrefix: `${model.table}.`,
+    KeyFieldName: "UUID", KeyFieldValue: following.id, KeyFieldPrefix: `${model.table}.`, IsDesc: criteria.IsDesc, ModelName: model.table, Filter: criteria.Filter,
+  };
+  return { items, total: sorted.length, next: token ? Buffer.from(JSON.stringify(token)).toString("base64") : "" };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -380,26 +504,136 @@ function omitEmpty<T extends Json>(o: T): T {
   return Object.fromEntries(Object.entries(o).filter(present)) as T;
 }
 
-/** google.protobuf.Timestamp in JSON: RFC 3339 in UTC, fractional seconds only when non-zero. */
-const timestamp = (ms: number) => new Date(ms).toISOString().replace(".000Z", "Z");
+/** google.protobuf.Timestamp in JSON: RFC 3339 in UTC; the server stores whole seconds. */
+const timestamp = (sec: number) => new Date(sec * 1000).toISOString().replace(".000Z", "Z");
+const nowSec = () => Math.floor(Date.now() / 1000);
 
 const apiPipeline = (p: PipelineRow): Pipeline => omitEmpty({
   pipeline_id: p.id, display_name: p.displayName, name: p.name, description: p.description,
-  created_at: timestamp(p.createdMs), namespace: p.namespace, tags: p.tags,
+  created_at: timestamp(p.createdSec), namespace: p.namespace, tags: p.tags,
 });
 
 const apiVersion = (v: VersionRow): PipelineVersion => omitEmpty({
   pipeline_id: v.pipelineId, pipeline_version_id: v.id, display_name: v.displayName, name: v.name,
-  description: v.description, created_at: timestamp(v.createdMs),
+  description: v.description, created_at: timestamp(v.createdSec),
   package_url: v.packageUrl ? { pipeline_url: v.packageUrl } : undefined,
   code_source_url: v.codeSourceUrl, pipeline_spec: v.spec, tags: v.tags,
 });
 
+interface ExperimentRow { id: string; name: string; description: string; namespace: string; createdSec: number; archived: boolean }
+
+const apiExperiment = (e: ExperimentRow) => ({
+  ...omitEmpty({ experiment_id: e.id, display_name: e.name, description: e.description, created_at: timestamp(e.createdSec), namespace: e.namespace }),
+  storage_state: e.archived ? "ARCHIVED" : "AVAILABLE",
+  last_run_created_at: timestamp(0), // a Timestamp message that is set, so written even at zero
+});
+
+interface RecurringRunRow {
+  id: string; displayName: string; description: string; pipelineId: string; versionId: string;
+  runtimeConfig?: Json; serviceAccount: string; maxConcurrency: number; trigger: Json; enabled: boolean;
+  createdSec: number; updatedSec: number; noCatchup: boolean; namespace: string; experimentId: string;
+}
+
+const apiRecurringRun = (r: RecurringRunRow) => ({
+  ...omitEmpty({ recurring_run_id: r.id, display_name: r.displayName, description: r.description,
+  pipeline_version_reference: omitEmpty({ pipeline_id: r.pipelineId, pipeline_version_id: r.versionId }),
+  runtime_config: r.runtimeConfig, service_account: r.serviceAccount, max_concurrency: String(r.maxConcurrency),
+  }),
+  trigger: r.trigger as Json, // a message that is set, so written even when empty
+  ...omitEmpty({
+    mode: r.enabled ? "ENABLE" : "DISABLE", created_at: timestamp(r.createdSec), updated_at: timestamp(r.updatedSec),
+    status: r.enabled ? "ENABLED" : "DISABLED", no_catchup: r.noCatchup || undefined, namespace: r.namespace, experiment_id: r.experimentId,
+  }),
+});
+
+const EXPERIMENTS: Listable<ExperimentRow> = {
+  type: "Experiment", table: "experiments",
+  fields: { id: (r) => r.id, experiment_id: (r) => r.id, name: (r) => r.name, display_name: (r) => r.name, created_at: (r) => r.createdSec, description: (r) => r.description, namespace: (r) => r.namespace },
+  columns: { id: "UUID", experiment_id: "UUID", name: "Name", display_name: "Name", created_at: "CreatedAtInSec", description: "Description", namespace: "Namespace" },
+};
+const RECURRING_RUNS: Listable<RecurringRunRow> = {
+  type: "Job", table: "jobs",
+  fields: { id: (r) => r.id, recurring_run_id: (r) => r.id, name: (r) => r.displayName, display_name: (r) => r.displayName, created_at: (r) => r.createdSec, updated_at: (r) => r.updatedSec, description: (r) => r.description },
+  columns: { id: "UUID", recurring_run_id: "UUID", name: "DisplayName", display_name: "DisplayName", created_at: "CreatedAtInSec", updated_at: "UpdatedAtInSec", description: "Description" },
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Requests: Go's query parsing (net/url) and request size limit (net/http), grpc-gateway's body decoding
+
+/** url.ParseQuery: a raw `;` or a bad %-escape fails the whole query; `+` is a space. */
+function parseGoQuery(raw: string): { params: URLSearchParams; error?: string } {
+  const params = new URLSearchParams();
+  let error: string | undefined;
+  const unescape = (s: string): string => {
+    const bytes: number[] = [];
+    for (let i = 0; i < s.length; i++) {
+      if (s[i] === "%") {
+        const hex = s.slice(i + 1, i + 3);
+        if (!/^[0-9a-fA-F]{2}$/.test(hex)) throw new Error(`invalid URL escape ${JSON.stringify(s.slice(i, i + 3))}`);
+        bytes.push(parseInt(hex, 16));
+        i += 2;
+      } else if (s[i] === "+") bytes.push(0x20);
+      else bytes.push(...Buffer.from(s[i]!));
+    }
+    return Buffer.from(bytes).toString("utf8");
+  };
+  for (const pair of raw.split("&")) {
+    if (pair === "") continue;
+    if (pair.includes(";")) {
+      error ??= "invalid semicolon separator in query";
+      continue;
+    }
+    const eq = pair.indexOf("=");
+    try {
+      params.append(unescape(eq < 0 ? pair : pair.slice(0, eq)), eq < 0 ? "" : unescape(pair.slice(eq + 1)));
+    } catch (e) {
+      error ??= (e as Error).message;
+    }
+  }
+  return { params, error };
+}
+
+/** net/http reads at most DefaultMaxHeaderBytes (1 MiB) plus 4096 bytes of request line and headers. */
+const MAX_HEADER_BYTES = (1 << 20) + 4096;
+
+/** What encoding/json says about a body that is not JSON (grpc-gateway decodes with it first). */
+function goJsonError(text: string): string {
+  const e = jsonSyntaxError(text);
+  if (e.eof) return "unexpected EOF";
+  const c = text.split("\n")[e.line - 1]![e.col - 1] ?? "";
+  return `invalid character '${c}' looking for beginning of ${e.inKey ? "object key string" : "value"}`;
+}
+
+/** protojson refuses a field its message does not have, naming where it is. */
+function unknownField(text: string, body: Json, known: string[]): string | undefined {
+  const key = Object.keys(body).find((k) => !known.includes(protoName(k)));
+  if (key === undefined) return undefined;
+  const at = text.search(new RegExp(`"${key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}"\\s*:`));
+  const before = text.slice(0, Math.max(at, 0)).split("\n");
+  return `proto: (line ${before.length}:${before.at(-1)!.length + 1}): unknown field "${key}"`;
+}
+
+const PIPELINE_FIELDS = ["pipeline_id", "display_name", "name", "description", "created_at", "namespace", "error", "tags"];
+const EXPERIMENT_FIELDS = ["experiment_id", "display_name", "description", "created_at", "namespace", "storage_state", "last_run_created_at"];
+const RECURRING_RUN_FIELDS = ["recurring_run_id", "display_name", "description", "pipeline_version_id", "pipeline_spec", "pipeline_version_reference", "runtime_config", "service_account", "max_concurrency", "trigger", "mode", "created_at", "updated_at", "status", "error", "no_catchup", "namespace", "experiment_id"];
+
+/** common/util: tags on pipelines and versions (validation in the resource manager). */
+function validateTags(tags: Record<string, string> | undefined): void {
+  if (!tags) return;
+  const entries = Object.entries(tags);
+  const refuse = (msg: string) => new UserError(3, `Invalid input error: ${msg}`, msg);
+  if (entries.length > 20) throw refuse(`number of tags (${entries.length}) exceeds maximum of 20 per entity`);
+  for (const [k, v] of entries) {
+    if ([...k].length > 63) throw refuse(`tag key "${k}" exceeds maximum length of 63 characters`);
+    if ([...v].length > 63) throw refuse(`tag value "${v}" for key "${k}" exceeds maximum length of 63 characters`);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // The server
 
-type NewPipeline = Omit<PipelineRow, "id" | "createdMs">;
-type NewVersion = Omit<VersionRow, "id" | "createdMs" | "pipelineId" | "spec">;
+type NewPipeline = Omit<PipelineRow, "id" | "createdSec">;
+type NewVersion = Omit<VersionRow, "id" | "createdSec" | "pipelineId" | "spec">;
 type GatewayHandler = (req: Request, q: URLSearchParams, params: string[], record: RecordedRequest) => unknown;
 interface Fault { route: RegExp; status: number; remaining: number; body?: string }
 
@@ -426,14 +660,27 @@ const packageUrl = (o: Json): string => {
   return isObject(url) ? String(field(url, "pipelineUrl", "pipeline_url") ?? "") : "";
 };
 
+const RELEASE_COMMIT = "4a3592cb2dd0a91a4652ab93893ec8beda1f3158"; // tag 2.17.0
+const POD_NAMESPACE = "kubeflow";
+
 export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpServer> {
   const multiUser = opts.multiUser ?? false;
-  const requireNamespace = multiUser && (opts.requireNamespace ?? true);
+  const requireNamespace = multiUser && (opts.requireNamespace ?? false);
+  const denied = new Set(opts.deniedUsers ?? []);
   const pipelines = new Map<string, PipelineRow>();
   const versions = new Map<string, VersionRow>();
+  const experiments = new Map<string, ExperimentRow>();
+  const recurringRuns = new Map<string, RecurringRunRow>();
   const requests: RecordedRequest[] = [];
   let faults: Fault[] = [];
-  let lastMs = 0;
+
+  // Single-user servers create the Default experiment at start-up (resource_manager.go).
+  const addDefaultExperiment = () => {
+    if (multiUser) return;
+    const id = crypto.randomUUID();
+    experiments.set(id, { id, name: "Default", description: "All runs created without specifying an experiment will be grouped here.", namespace: "", createdSec: nowSec(), archived: false });
+  };
+  addDefaultExperiment();
 
   // resource_manager.go ReplaceNamespace, validation/namespace.go ValidateNamespaceRequired
   const resolveNamespace = (namespace: string): string => {
@@ -441,6 +688,22 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     if (requireNamespace && ns === "") throw invalidInput("Namespace is required for pipeline operations");
     return ns;
   };
+
+  /** Multi-user identity: KUBEFLOW_USERID_HEADER (no prefix), else a bearer token through TokenReview. */
+  const identity = (req: Request): string | undefined =>
+    req.headers.get("kubeflow-userid") || (/^bearer \S/i.test(req.headers.get("authorization") ?? "") ? "test" : undefined);
+
+  /** resource_manager.go IsAuthorized: nothing to check in single-user mode or for shared (namespace-less) items. */
+  const authorize = (req: Request, namespace: string, verb: string, resource: string, name = ""): void => {
+    if (!multiUser || !namespace) return;
+    const user = identity(req);
+    if (!user) throw unauthenticated();
+    if (denied.has(user)) {
+      throw permissionDenied(user, `Namespace:${namespace},Verb:${verb},Group:pipelines.kubeflow.org,Version:v1beta1,Resource:${resource},Subresource:,Name:${name},FieldSelector:nil,LabelSelector:nil,`);
+    }
+  };
+  const accessPipeline = (req: Request, namespace: string, verb: string, id = "", name = "") =>
+    within(`Failed to access pipeline ${id}. Check if you have access to namespace ${namespace}`, () => authorize(req, namespace, verb, "pipelines", name));
 
   const getPipeline = (id: string): PipelineRow => {
     const row = pipelines.get(id);
@@ -454,27 +717,34 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     return row;
   };
 
+  /** The newest row; within one second the one stored last (rows come in insertion order). */
+  const newest = <R extends Row>(rows: R[]) => rows.reduce<R | undefined>((best, r) => (!best || r.createdSec >= best.createdSec ? r : best), undefined);
+
   // storage/pipeline_store.go: (Namespace, Name) is unique among pipelines, (PipelineId, Name) among versions.
   const addPipeline = (p: NewPipeline): PipelineRow => {
+    validateTags(p.tags);
     if ([...pipelines.values()].some((r) => r.namespace === p.namespace && r.name === p.name)) {
       throw alreadyExists(`Failed to create a new pipeline. The name ${p.name} already exist. Please specify a new name`);
     }
-    const row = { ...p, id: crypto.randomUUID(), createdMs: (lastMs = Math.max(Date.now(), lastMs + 1)) };
+    const row = { ...p, id: crypto.randomUUID(), createdSec: nowSec() };
     pipelines.set(row.id, row);
     return row;
   };
 
-  const addVersion = (pipelineId: string, v: NewVersion, spec = parseTemplate(v.specYaml)): VersionRow => {
+  const addVersion = (pipelineId: string, v: NewVersion, spec?: Record<string, unknown>): VersionRow => {
+    validateTags(v.tags);
+    spec ??= parseTemplate(v.specYaml);
     if ([...versions.values()].some((r) => r.pipelineId === pipelineId && r.name === v.name)) {
       throw alreadyExists(`Failed to create a new pipeline version. The name ${v.name} already exist. Specify a new name`);
     }
-    const row = { ...v, pipelineId, spec, id: crypto.randomUUID(), createdMs: (lastMs = Math.max(Date.now(), lastMs + 1)) };
+    const row = { ...v, pipelineId, spec, id: crypto.randomUUID(), createdSec: nowSec() };
     versions.set(row.id, row);
     return row;
   };
 
   /** resource_manager.go CreatePipelineAndPipelineVersion: the template is checked before anything is stored. */
   const addPipelineWithVersion = (p: NewPipeline, v: NewVersion): PipelineRow => {
+    validateTags(p.tags);
     const spec = parseTemplate(v.specYaml);
     const pipeline = addPipeline(p);
     addVersion(pipeline.id, v, spec);
@@ -485,11 +755,12 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
   // Plain HTTP handlers beside the gateway. Checks run in upstream's order, each with upstream's response.
 
   /** server/util.go ReadPipelineFile: size cap first, then the file name decides the format. */
-  async function readUpload(req: Request, record: RecordedRequest, noFile: string, unreadable: string) {
-    const file = await req.formData().then((form) => form.get("uploadfile"), () => null);
+  async function readUpload(req: Request, record: RecordedRequest, queryError: string | undefined, noFile: string, unreadable: string) {
+    // ParseMultipartForm parses the query too; a query Go refuses fails FormFile like a missing file.
+    const file = queryError ? null : await req.formData().then((form) => form.get("uploadfile"), () => null);
     if (!(file instanceof File)) throw new Reply(uploadError(400, noFile));
     record.filename = file.name;
-    if (file.size > MAX_FILE_BYTES || !/\.ya?ml$/.test(file.name)) throw new Reply(uploadError(400, unreadable));
+    if (file.size > MAX_FILE_BYTES || !/\.(ya?ml|json)$/.test(file.name)) throw new Reply(uploadError(400, unreadable));
     record.body = await file.text();
     return { text: record.body, filename: file.name };
   }
@@ -522,13 +793,24 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     }
   };
 
+  /** Authorization failures on the upload routes: folded into the route's generic 400, sniffed as text. */
+  const orRefused = (generic: string, fn: () => void) => {
+    try {
+      fn();
+    } catch (e) {
+      throw e instanceof UserError ? new Reply(uploadError(400, generic)) : e;
+    }
+  };
+
   /** UploadPipeline: creates the pipeline and a first version with the same name. */
-  async function uploadPipeline(req: Request, q: URLSearchParams, record: RecordedRequest): Promise<unknown> {
-    const file = await readUpload(req, record, "Failed to read pipeline from file", "Failed to read a pipeline spec file");
+  async function uploadPipeline(req: Request, q: URLSearchParams, queryError: string | undefined, record: RecordedRequest): Promise<unknown> {
+    const file = await readUpload(req, record, queryError, "Failed to read pipeline from file", "Failed to read a pipeline spec file");
     const namespace = orPlainText(() => {
       checkLength("Pipeline.Namespace", q.get("namespace") ?? "");
       return resolveNamespace(q.get("namespace") ?? "");
     });
+    // A namespace-less pipeline is shared: created without asking who the caller is.
+    orRefused("Failed to create a pipeline", () => authorize(req, namespace, "create", "pipelines"));
     const name = q.get("name") || q.get("display_name") || file.filename;
     const displayName = q.get("display_name") || name;
     const description = q.get("description") ?? "";
@@ -541,9 +823,9 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
   }
 
   /** UploadPipelineVersion: the namespace is the parent pipeline's. */
-  async function uploadVersion(req: Request, q: URLSearchParams, record: RecordedRequest): Promise<unknown> {
+  async function uploadVersion(req: Request, q: URLSearchParams, queryError: string | undefined, record: RecordedRequest): Promise<unknown> {
     const failed = "Failed to create a pipeline version";
-    const file = await readUpload(req, record, failed, failed);
+    const file = await readUpload(req, record, queryError, failed, failed);
     const pipelineId = q.get("pipelineid") ?? "";
     if (!pipelineId) throw new Reply(uploadError(400, failed));
     const name = q.get("name") || q.get("display_name") || file.filename;
@@ -551,6 +833,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     const parent = pipelines.get(pipelineId);
     if (!parent) throw new Reply(uploadError(400, failed));
     orPlainText(() => parent.namespace || resolveNamespace(""));
+    orRefused(failed, () => authorize(req, parent.namespace, "update", "pipelines"));
     const version = {
       name, displayName: q.get("display_name") || name, description: q.get("description") ?? "", specYaml: file.text,
       codeSourceUrl: q.get("code_source_url") ?? "", packageUrl: "", tags: parseTags(q),
@@ -560,12 +843,15 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
 
   // ------------------------------------------------------------------ gateway routes: server/pipeline_server.go
 
-  async function readBody(req: Request, record: RecordedRequest): Promise<Json> {
+  /** grpc-gateway decodes with encoding/json, then protojson (which refuses unknown fields). */
+  async function readBody(req: Request, record: RecordedRequest, known: string[]): Promise<Json> {
     record.body = await req.text();
     if (record.body.trim() === "") return {}; // grpc-gateway treats an empty body as an empty message
     const body = tryJson(record.body);
-    if (isObject(body)) return body;
-    throw new UserError(3, "proto: syntax error (line 1:1): unexpected token", "", true);
+    if (!isObject(body)) throw new UserError(3, goJsonError(record.body), "", true);
+    const unknown = unknownField(record.body, body, known);
+    if (unknown) throw new UserError(3, unknown, "", true);
+    return body;
   }
 
   /** server/api_converter.go toModelPipeline: name and display_name stand in for each other. */
@@ -591,34 +877,44 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     if (res.status !== 200) throw invalidInput(`Failed to fetch pipeline spec with url: ${url}. Request returned ${res.status} ${res.statusText}`);
     const text = await res.text();
     if (text.length > MAX_FILE_BYTES) throw invalidInput(`File size too large. Maximum supported size: ${MAX_FILE_BYTES}`);
-    if (!/\.ya?ml$/.test(new URL(url).pathname)) throw invalidInput("Unexpected pipeline file format. Support .zip, .tar.gz or YAML.");
+    if (!/\.(ya?ml|json)$/.test(new URL(url).pathname)) throw invalidInput("Unexpected pipeline file format. Support .zip, .tar.gz or YAML.");
     return text;
   }
 
-  const listOptionsError = (what: string, q: URLSearchParams) =>
-    `Failed to list ${what} due invalid list options: pageToken: ${q.get("page_token") ?? ""}, pageSize: ${q.get("page_size") ?? 0}, sortBy: ${q.get("sort_by") ?? ""}, filter: ${q.get("filter") ?? ""}`;
+  /** List options are checked first; a filter that is not JSON fails earlier still, in the tag-filter step. */
+  function page<R extends Row>(what: string, rows: R[], model: Listable<R>, q: URLSearchParams) {
+    try {
+      return listPage(rows, model, q);
+    } catch (e) {
+      if (e instanceof FilterSyntaxError) throw e.wrap(`Failed to list ${what} due to invalid tag filter in filter spec`);
+      throw wrapped(e, `Failed to list ${what} due invalid list options: pageToken: ${q.get("page_token") ?? ""}, pageSize: ${q.get("page_size") ?? 0}, sortBy: ${q.get("sort_by") ?? ""}, filter: ${q.get("filter") ?? ""}`);
+    }
+  }
 
-  // The list handlers page first: upstream validates list options before it checks the namespace or the parent.
-  const listPipelines: GatewayHandler = (_req, q) => {
+  const listPipelines: GatewayHandler = (req, q) => {
     const namespace = q.get("namespace") ?? "";
     const rows = [...pipelines.values()].filter((p) => p.namespace === (multiUser ? namespace : ""));
-    const page = within(listOptionsError("pipelines", q), () => listPage(rows, PIPELINE_FIELDS, "Pipeline", q));
-    within(`Failed to list pipelines in namespace ${namespace}. Check error stack`, () => resolveNamespace(namespace));
-    return omitEmpty({ pipelines: page.items.map(apiPipeline), total_size: page.total, next_page_token: page.next });
+    const listed = page("pipelines", rows, PIPELINES, q);
+    within(`Failed to list pipelines in namespace ${namespace}. Check error stack`, () => {
+      const ns = resolveNamespace(namespace);
+      within(`Failed to list pipelines due to authorization error. Check if you have read permission to namespace ${ns}`, () => accessPipeline(req, ns, "list"));
+    });
+    return omitEmpty({ pipelines: listed.items.map(apiPipeline), total_size: listed.total, next_page_token: listed.next });
   };
 
   const createPipeline: GatewayHandler = async (req, _q, _p, record) => {
-    const body = await readBody(req, record);
+    const body = await readBody(req, record, PIPELINE_FIELDS);
     const model = within("Failed to create a pipeline as pipeline conversion failed", () => toModelPipeline(body));
     return within("Failed to create a pipeline due to server error", () => {
       model.namespace = resolveNamespace(model.namespace);
       if (!model.name) throw invalidInput("name is required");
+      within("Failed to authorize the request", () => accessPipeline(req, model.namespace, "create"));
       return apiPipeline(within("Failed to create a pipeline in PipelineStore", () => addPipeline(model)));
     });
   };
 
   const createPipelineAndVersion: GatewayHandler = async (req, _q, _p, record) => {
-    const body = await readBody(req, record);
+    const body = await readBody(req, record, ["pipeline", "pipeline_version"]);
     const version = (field(body, "pipelineVersion", "pipeline_version") ?? {}) as Json;
     const url = packageUrl(version);
     return within("Failed to create a pipeline", async () => {
@@ -626,6 +922,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
       model.name ||= url.split("/").pop() ?? "";
       model.displayName ||= model.name;
       model.namespace = resolveNamespace(model.namespace);
+      accessPipeline(req, model.namespace, "create");
       const specYaml = await downloadSpec(url);
       const tags = isObject(version.tags) ? (version.tags as Record<string, string>) : undefined;
       const { name, displayName, description } = model;
@@ -635,47 +932,59 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     });
   };
 
-  const getPipelineById: GatewayHandler = (_req, _q, [id]) =>
-    within(`Failed to get a pipeline ${id}. Check error stack`, () => apiPipeline(getPipeline(id!)));
+  const getPipelineById: GatewayHandler = (req, _q, [id]) =>
+    within(`Failed to get a pipeline ${id}. Check error stack`, () => {
+      const row = getPipeline(id!);
+      within(`Failed to get a pipeline due authorization error for pipeline id ${id}`, () => accessPipeline(req, row.namespace, "get", id));
+      return apiPipeline(row);
+    });
 
-  const getPipelineByName: GatewayHandler = (_req, q, [name]) => {
+  const getPipelineByName: GatewayHandler = (req, q, [name]) => {
     const namespace = q.get("namespace") ?? "";
     return within(`Failed to get a pipeline with name ${name} and namespace ${namespace}. Check error stack.`, () => {
       const ns = resolveNamespace(namespace);
+      within(`Failed to fetch a pipeline due to authorization error. Check if you have read permission to namespace ${ns}`, () => accessPipeline(req, ns, "get", "", name));
       // pipeline_store.go: an empty namespace does not filter, and the newest match wins.
-      const found = [...pipelines.values()]
-        .filter((p) => p.name === name && (ns === "" || p.namespace === ns))
-        .sort((a, b) => b.createdMs - a.createdMs)[0];
+      const found = newest([...pipelines.values()].filter((p) => p.name === name && (ns === "" || p.namespace === ns)));
       if (!found) throw notFound("Namespace/Pipeline", `${ns}/${name}`).wrap(`Failed to get a pipeline named ${name} in namespace ${ns}`);
       return apiPipeline(found);
     });
   };
 
   /** resource_manager.go DeletePipeline: refused while versions exist unless cascade=true. */
-  const deletePipeline: GatewayHandler = (_req, q, [id]) =>
+  const deletePipeline: GatewayHandler = (req, q, [id]) =>
     within(`Failed to delete pipeline ${id}. Check error stack`, () => {
-      within(`Failed to delete pipeline with id ${id} as it was not found`, () => getPipeline(id!));
-      const children = [...versions.values()].filter((v) => v.pipelineId === id).sort((a, b) => b.createdMs - a.createdMs);
-      if (children[0] && q.get("cascade") !== "true") {
-        throw invalidInput(`Failed to delete pipeline with id ${id} as it has existing pipeline versions (e.g. ${children[0].id}). Set cascade=true to delete all versions`);
+      const row = within(`Failed to delete pipeline with id ${id} as it was not found`, () => {
+        const found = pipelines.get(id!);
+        if (!found) throw notFound("Pipeline", id!);
+        return found;
+      });
+      accessPipeline(req, row.namespace, "delete", id);
+      const children = [...versions.values()].filter((v) => v.pipelineId === id);
+      const example = newest([...children]);
+      if (example && q.get("cascade") !== "true") {
+        throw invalidInput(`Failed to delete pipeline with id ${id} as it has existing pipeline versions (e.g. ${example.id}). Set cascade=true to delete all versions`);
       }
       for (const v of children) versions.delete(v.id);
       pipelines.delete(id!);
       return {};
     });
 
-  const listVersions: GatewayHandler = (_req, q, [pipelineId]) => {
+  const listVersions: GatewayHandler = (req, q, [pipelineId]) => {
     const rows = [...versions.values()].filter((v) => v.pipelineId === pipelineId);
-    const page = within(listOptionsError("pipeline versions", q), () => listPage(rows, VERSION_FIELDS, "PipelineVersion", q));
-    within(`Failed to list pipeline versions for pipeline ${pipelineId}`, () =>
-      within(`Failed to list pipeline versions due to error fetching the namespace for pipeline ${pipelineId}`, () =>
-        within(`Failed to get namespace for pipeline id ${pipelineId}`, () => getPipeline(pipelineId!))));
-    return omitEmpty({ pipeline_versions: page.items.map(apiVersion), next_page_token: page.next, total_size: page.total });
+    const listed = page("pipeline versions", rows, VERSIONS, q);
+    within(`Failed to list pipeline versions for pipeline ${pipelineId}`, () => {
+      const parent = within(`Failed to list pipeline versions due to error fetching the namespace for pipeline ${pipelineId}`, () =>
+        within(`Failed to get namespace for pipeline id ${pipelineId}`, () => getPipeline(pipelineId!)));
+      within(`Failed to list pipeline versions due to authorization error. Check if you have read permission to namespace ${parent.namespace}`, () =>
+        accessPipeline(req, parent.namespace, "list"));
+    });
+    return omitEmpty({ pipeline_versions: listed.items.map(apiVersion), next_page_token: listed.next, total_size: listed.total });
   };
 
   /** CreatePipelineVersion: both the path and the body must name the parent pipeline. */
   const createVersionFromUrl: GatewayHandler = async (req, _q, [pipelineId], record) => {
-    const body = await readBody(req, record);
+    const body = await readBody(req, record, ["pipeline_id", "pipeline_version_id", "display_name", "name", "description", "created_at", "package_url", "code_source_url", "pipeline_spec", "status", "tags"]);
     if (!field(body, "packageUrl", "package_url")) throw invalidInput("Failed to create a pipeline version. Package URL is nil");
     const url = packageUrl(body);
     if (!url) throw invalidInput("Failed to create a pipeline version. Package URL is empty");
@@ -683,7 +992,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     const name = String(body.name || field(body, "displayName", "display_name") || "");
     return within("Failed to create a pipeline version. Check error stack", async () => {
       if (!name) throw invalidInput("name is required");
-      getPipeline(pipelineId!);
+      accessPipeline(req, getPipeline(pipelineId!).namespace, "update", pipelineId);
       const version = {
         name, displayName: String(field(body, "displayName", "display_name") || name), description: String(body.description ?? ""),
         specYaml: await downloadSpec(url), codeSourceUrl: String(field(body, "codeSourceUrl", "code_source_url") ?? ""),
@@ -694,18 +1003,200 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
   };
 
   // GetPipelineVersion and DeletePipelineVersion look the version up by its own id; the pipeline id goes unchecked.
-  const getVersionById: GatewayHandler = (_req, _q, [, versionId]) =>
-    within(`Failed to get a pipeline version ${versionId}`, () => apiVersion(getVersion(versionId!)));
+  const getVersionById: GatewayHandler = (req, _q, [, versionId]) =>
+    within(`Failed to get a pipeline version ${versionId}`, () => {
+      const row = getVersion(versionId!);
+      accessPipeline(req, pipelines.get(row.pipelineId)?.namespace ?? "", "get", row.pipelineId);
+      return apiVersion(row);
+    });
 
-  const deleteVersion: GatewayHandler = (_req, _q, [pipelineId, versionId]) =>
+  const deleteVersion: GatewayHandler = (req, _q, [pipelineId, versionId]) =>
     within(`Failed to delete a pipeline version id ${versionId} under pipeline id ${pipelineId}. Check error stack`, () => {
-      within(`Failed to delete pipeline version with id ${versionId} as it was not found`, () => getVersion(versionId!));
+      const row = within(`Failed to delete pipeline version with id ${versionId} as it was not found`, () => {
+        const found = versions.get(versionId!);
+        if (!found) throw notFound("PipelineVersion", versionId!);
+        return found;
+      });
+      accessPipeline(req, pipelines.get(row.pipelineId)?.namespace ?? "", "delete", row.pipelineId);
       versions.delete(versionId!);
       return {};
     });
 
-  // backend/api/v2beta1/pipeline.proto google.api.http bindings
+  // ------------------------------------------------------------------ experiments: server/experiment_server.go
+
+  const getExperiment = (id: string): ExperimentRow => {
+    const row = experiments.get(id);
+    if (!row) throw notFound("Experiment", id);
+    return row;
+  };
+  const experimentNamespace = (namespace: string) => {
+    if (multiUser && !namespace) throw invalidInput("An experiment cannot have an empty namespace in multi-user mode");
+    return multiUser ? namespace : "";
+  };
+
+  const createExperiment: GatewayHandler = async (req, _q, _p, record) => {
+    const body = await readBody(req, record, EXPERIMENT_FIELDS);
+    const name = String(field(body, "displayName", "display_name") ?? "");
+    if (!name) {
+      throw new UserError(13, "[ExperimentServer]: Failed to create a experiment due to conversion error: InternalServerError: Failed to convert API experiment to model experiment: Invalid input error: Experiment must have a non-empty name", "Internal Server Error");
+    }
+    return within("Failed to create a experiment", () => {
+      const namespace = within("Failed to authorize the request", () => {
+        const ns = experimentNamespace(String(body.namespace ?? ""));
+        within("Failed to authorize with API", () => authorize(req, ns, "create", "experiments", name));
+        return ns;
+      });
+      if ([...experiments.values()].some((e) => e.namespace === namespace && e.name === name)) {
+        throw alreadyExists(`Failed to create a new experiment. The name ${name} already exists. Please specify a new name`);
+      }
+      const row = { id: crypto.randomUUID(), name, description: String(body.description ?? ""), namespace, createdSec: nowSec(), archived: false };
+      experiments.set(row.id, row);
+      return apiExperiment(row);
+    });
+  };
+
+  const listExperiments: GatewayHandler = (req, q) => {
+    const namespace = within("List experiments failed", () => {
+      const ns = within("Failed to authorize with API", () => experimentNamespace(q.get("namespace") ?? ""));
+      within("Failed to authorize with API", () => authorize(req, ns, "list", "experiments"));
+      return ns;
+    });
+    const rows = [...experiments.values()].filter((e) => !multiUser || e.namespace === namespace);
+    const listed = page("experiments", rows, EXPERIMENTS, q);
+    return omitEmpty({ experiments: listed.items.map(apiExperiment), total_size: listed.total, next_page_token: listed.next });
+  };
+
+  const getExperimentById: GatewayHandler = (req, _q, [id]) =>
+    within("Failed to fetch experiment", () => {
+      const row = getExperiment(id!);
+      within("Failed to authorize the request", () => authorize(req, row.namespace, "get", "experiments", row.name));
+      return apiExperiment(row);
+    });
+
+  const archiveExperiment = (archived: boolean): GatewayHandler => (req, _q, [id]) =>
+    within(`Failed to ${archived ? "archive" : "unarchive"} experiment ${id}`, () => {
+      const row = getExperiment(id!);
+      within("Failed to authorize the request", () => authorize(req, row.namespace, archived ? "archive" : "unarchive", "experiments", row.name));
+      row.archived = archived;
+      return {};
+    });
+
+  // ------------------------------------------------------------------ recurring runs: server/job_server.go (v2beta1 recurring_run)
+
+  const getRecurringRun = (id: string): RecurringRunRow => {
+    const row = recurringRuns.get(id);
+    if (!row) throw notFound("Job", id);
+    return row;
+  };
+
+  /** The trigger as the API writes it back: int64 as JSON strings. */
+  const toTrigger = (trigger: Json): Json => {
+    const cron = field(trigger, "cronSchedule", "cron_schedule");
+    const periodic = field(trigger, "periodicSchedule", "periodic_schedule");
+    if (isObject(cron)) {
+      const text = String(cron.cron ?? "");
+      const count = text.trim().split(/\s+/).filter(Boolean).length;
+      if (count < 5 || count > 6) {
+        throw invalidInput(`Schedule cron is not a supported format(https://godoc.org/github.com/robfig/cron). Error: Expected 5 to 6 fields, found ${count}: ${text}`);
+      }
+      return { cron_schedule: omitEmpty({ start_time: field(cron, "startTime", "start_time"), end_time: field(cron, "endTime", "end_time"), cron: text }) };
+    }
+    if (isObject(periodic)) {
+      const interval = Number(field(periodic, "intervalSecond", "interval_second") ?? 0);
+      return { periodic_schedule: omitEmpty({ start_time: field(periodic, "startTime", "start_time"), end_time: field(periodic, "endTime", "end_time"), interval_second: interval ? String(interval) : undefined }) };
+    }
+    return {};
+  };
+
+  const createRecurringRun: GatewayHandler = async (req, _q, _p, record) => {
+    const body = await readBody(req, record, RECURRING_RUN_FIELDS);
+    let experimentId = String(field(body, "experimentId", "experiment_id") ?? "");
+    if (multiUser && !experimentId) {
+      throw invalidInput("Experiment id can not be empty in multi-user mode")
+        .wrap("Failed to create a recurring run due to invalid experimentId and namespace combination").wrap("Failed to create a recurring run");
+    }
+    const reference = (field(body, "pipelineVersionReference", "pipeline_version_reference") ?? {}) as Json;
+    const pipelineId = String(field(reference, "pipelineId", "pipeline_id") ?? "");
+    const versionId = String(field(reference, "pipelineVersionId", "pipeline_version_id") ?? "");
+    const converted = within("Failed to create a recurring run due to conversion error", () => {
+      const maxConcurrency = Number(field(body, "maxConcurrency", "max_concurrency") ?? 0);
+      if (!(maxConcurrency >= 1 && maxConcurrency <= 10)) throw invalidInput(`Max concurrency of a recurring run must be at least 1 and at most 10. Received ${maxConcurrency}`);
+      return { maxConcurrency, trigger: toTrigger(isObject(body.trigger) ? body.trigger : {}) };
+    });
+    return within("Failed to create a recurring run", () => {
+      if (!multiUser && !experimentId) experimentId = [...experiments.values()].find((e) => e.name === "Default")?.id ?? "";
+      const experiment = getExperiment(experimentId);
+      within("Failed to authorize the request", () => authorize(req, experiment.namespace, "create", "jobs"));
+      if (versionId) {
+        try {
+          getVersion(versionId);
+        } catch (e) {
+          const inner = (e as UserError).internal;
+          throw internalError(`Failed to create a recurring run with an invalid pipeline spec manifest: Failed to fetch a template due to error retrieving pipeline version: Failed to fetch a pipeline version and its manifest from pipeline version ${versionId}: ${inner}`);
+        }
+      } else getPipeline(pipelineId);
+      const mode = String(body.mode ?? "");
+      const runtimeConfig = field(body, "runtimeConfig", "runtime_config");
+      const sec = nowSec();
+      const row: RecurringRunRow = {
+        id: crypto.randomUUID(), displayName: String(field(body, "displayName", "display_name") ?? ""), description: String(body.description ?? ""),
+        pipelineId, versionId, runtimeConfig: isObject(runtimeConfig) && Object.keys(runtimeConfig).length ? runtimeConfig : undefined,
+        // Only a pinned version gets the default runner account; "latest" leaves it to the controller.
+        serviceAccount: String(field(body, "serviceAccount", "service_account") || (versionId ? (multiUser ? "default-editor" : "pipeline-runner") : "")),
+        maxConcurrency: converted.maxConcurrency, trigger: converted.trigger, enabled: mode === "ENABLE" || mode === "1",
+        createdSec: sec, updatedSec: sec, noCatchup: field(body, "noCatchup", "no_catchup") === true,
+        namespace: multiUser ? experiment.namespace : POD_NAMESPACE, experimentId,
+      };
+      recurringRuns.set(row.id, row);
+      return apiRecurringRun(row);
+    });
+  };
+
+  const listRecurringRuns: GatewayHandler = (req, q) => {
+    const experimentId = q.get("experiment_id") ?? "";
+    const namespace = q.get("namespace") ?? "";
+    within("Failed to list jobs", () => {
+      const ns = experimentId ? getExperiment(experimentId).namespace : namespace;
+      within(`Failed to list recurring runs due to authorization error. Check if you have permission to access namespace ${ns}`, () => {
+        if (multiUser && !ns) throw invalidInput("a recurring run cannot have an empty namespace in multi-user mode");
+        authorize(req, ns, "list", "jobs");
+      });
+    });
+    const rows = [...recurringRuns.values()].filter((r) => (experimentId ? r.experimentId === experimentId : !multiUser || r.namespace === namespace));
+    const listed = page("recurring runs", rows, RECURRING_RUNS, q);
+    // The list's JSON name is camelCase, unlike every other field the server writes.
+    return omitEmpty({ recurringRuns: listed.items.map(apiRecurringRun), total_size: listed.total, next_page_token: listed.next });
+  };
+
+  const getRecurringRunById: GatewayHandler = (req, _q, [id]) =>
+    within("Failed to fetch a recurring run", () => {
+      const row = getRecurringRun(id!);
+      within("Failed to authorize the request", () => authorize(req, row.namespace, "get", "jobs", row.displayName));
+      return apiRecurringRun(row);
+    });
+
+  const enableRecurringRun = (enable: boolean): GatewayHandler => (req, _q, [id]) =>
+    within(`Failed to ${enable ? "enable" : "disable"} a recurring run`, () => {
+      const row = recurringRuns.get(id!);
+      if (row) within("Failed to authorize the request", () => within("failed to authorize with API", () => authorize(req, row.namespace, enable ? "enable" : "disable", "jobs", row.displayName)));
+      const found = within(`Failed to change recurring run's mode to enable:${enable}. Check if recurring run ${id} exists`, () => getRecurringRun(id!));
+      found.enabled = enable;
+      found.updatedSec = nowSec();
+      return {};
+    });
+
+  const deleteRecurringRun: GatewayHandler = (req, _q, [id]) =>
+    within("Failed to delete a recurring run", () => {
+      const row = getRecurringRun(id!);
+      within("Failed to authorize the request", () => authorize(req, row.namespace, "delete", "jobs", row.displayName));
+      recurringRuns.delete(id!);
+      return {};
+    });
+
+  // backend/api/v2beta1/*.proto google.api.http bindings
   const P = "/apis/v2beta1/pipelines";
+  const E = "/apis/v2beta1/experiments";
+  const R = "/apis/v2beta1/recurringruns";
   const ROUTES: [string, RegExp, GatewayHandler][] = [
     ["GET", new RegExp(`^${P}$`), listPipelines],
     ["POST", new RegExp(`^${P}$`), createPipeline],
@@ -717,16 +1208,35 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     ["POST", new RegExp(`^${P}/([^/]+)/versions$`), createVersionFromUrl],
     ["GET", new RegExp(`^${P}/([^/]+)/versions/([^/]+)$`), getVersionById],
     ["DELETE", new RegExp(`^${P}/([^/]+)/versions/([^/]+)$`), deleteVersion],
+    ["GET", new RegExp(`^${E}$`), listExperiments],
+    ["POST", new RegExp(`^${E}$`), createExperiment],
+    ["POST", new RegExp(`^${E}/([^/:]+):archive$`), archiveExperiment(true)],
+    ["POST", new RegExp(`^${E}/([^/:]+):unarchive$`), archiveExperiment(false)],
+    ["GET", new RegExp(`^${E}/([^/:]+)$`), getExperimentById],
+    ["GET", new RegExp(`^${R}$`), listRecurringRuns],
+    ["POST", new RegExp(`^${R}$`), createRecurringRun],
+    ["POST", new RegExp(`^${R}/([^/:]+):enable$`), enableRecurringRun(true)],
+    ["POST", new RegExp(`^${R}/([^/:]+):disable$`), enableRecurringRun(false)],
+    ["GET", new RegExp(`^${R}/([^/:]+)$`), getRecurringRunById],
+    ["DELETE", new RegExp(`^${R}/([^/:]+)$`), deleteRecurringRun],
   ];
 
-  async function gateway(req: Request, url: URL, record: RecordedRequest): Promise<Response> {
-    const candidates = ROUTES.filter(([, pattern]) => pattern.test(url.pathname));
+  async function gateway(req: Request, url: URL, record: RecordedRequest, query: ReturnType<typeof parseGoQuery>): Promise<Response> {
+    // The gateway matches the unescaped path: a %2F in a name is a path separator there.
+    let pathname: string;
+    try {
+      pathname = decodeURIComponent(url.pathname);
+    } catch {
+      pathname = url.pathname;
+    }
+    const candidates = ROUTES.filter(([, pattern]) => pattern.test(pathname));
     const route = candidates.find(([method]) => method === req.method);
     // grpc-gateway v2 routing errors: unknown path → NotFound, known path with another method → Unimplemented.
     if (!route) return gatewayError(new UserError(candidates[0] ? 12 : 5, candidates[0] ? "Method Not Allowed" : "Not Found", "", true));
-    const params = route[1].exec(url.pathname)!.slice(1).map(decodeURIComponent);
+    if (query.error) return gatewayError(new UserError(3, query.error, "", true));
+    const params = route[1].exec(pathname)!.slice(1);
     try {
-      return json(200, await route[2](req, url.searchParams, params, record));
+      return json(200, await route[2](req, query.params, params, record));
     } catch (e) {
       if (e instanceof UserError) return gatewayError(e);
       throw e;
@@ -735,10 +1245,11 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
 
   // ------------------------------------------------------------------ dispatch
 
-  /** main.go writes the healthz body by hand, spaces included. */
-  const healthz = () =>
-    new Response(`{"commit_sha":"unknown", "tag_name":"${opts.version ?? "2.17.3"}", "multi_user":${multiUser}, "pipeline_store": "database"}`, {
-      headers: { "content-type": "application/json" },
+  /** main.go: json.Marshal of a struct (no spaces); v1beta1 has no pipeline_store. */
+  const healthz = (v1: boolean) =>
+    json(200, {
+      commit_sha: opts.commitSha ?? RELEASE_COMMIT, tag_name: opts.version ?? "2.17.0", multi_user: multiUser,
+      ...(v1 ? {} : { pipeline_store: "database" }),
     });
 
   function faultResponse(fault: Fault, isUpload: boolean): Response {
@@ -752,7 +1263,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     return json(fault.status, { code, message: text });
   }
 
-  async function dispatch(req: Request, url: URL, record: RecordedRequest): Promise<Response> {
+  async function dispatch(req: Request, url: URL, record: RecordedRequest, rawQuery: string): Promise<Response> {
     const upload = url.pathname.match(UPLOAD_ROUTE)?.[1];
     const fault = faults.find((f) => f.remaining > 0 && f.route.test(`${req.method} ${url.pathname}`));
     if (fault) {
@@ -763,46 +1274,72 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
       const err = unauthenticated();
       return upload ? uploadError(401, err.external) : gatewayError(err);
     }
-    if (url.pathname === "/apis/v2beta1/healthz") return healthz();
-    // Go's net/url refuses a whole query holding a raw `;` (or, on uploads, a bad %-escape); the upload
-    // handlers then fail to read the form (contract cases upload-description-raw-semicolon, list-raw-semicolon).
-    if (upload && /;|%(?![0-9a-fA-F]{2})/.test(url.search)) return uploadError(400, upload === "upload" ? "Failed to read pipeline from file" : "Failed to create a pipeline version");
-    if (url.search.includes(";")) return json(400, { code: 3, message: "invalid semicolon separator in query" });
+    if (url.pathname === "/apis/v2beta1/healthz" || url.pathname === "/apis/v1beta1/healthz") return healthz(url.pathname.includes("v1beta1"));
+    const query = parseGoQuery(rawQuery);
+    record.query = Object.fromEntries(query.params);
     if (upload) {
       const handler = upload === "upload" ? uploadPipeline : uploadVersion;
       try {
-        return json(200, await handler(req, url.searchParams, record));
+        return json(200, await handler(req, query.params, query.error, record));
       } catch (e) {
         if (e instanceof Reply) return e.response;
         throw e;
       }
     }
-    if (url.pathname.startsWith("/apis/")) return gateway(req, url, record);
-    return new Response("404 page not found\n", { status: 404, headers: { "content-type": "text/plain; charset=utf-8" } });
+    if (url.pathname.startsWith("/apis/")) return gateway(req, url, record, query);
+    return new Response("404 page not found\n", { status: 404, headers: { "content-type": "text/plain; charset=utf-8", "x-content-type-options": "nosniff" } });
   }
 
-  const server = Bun.serve({
-    hostname: "127.0.0.1",
-    port: opts.port ?? 0,
-    maxRequestBodySize: 2 * MAX_FILE_BYTES, // let oversized uploads reach the handler's own 32 MiB check
-    async fetch(req) {
-      const url = new URL(req.url);
-      const headers = Object.fromEntries(req.headers.entries());
-      const record: RecordedRequest = { method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams), headers, status: 0 };
-      requests.push(record);
-      const res = await dispatch(req, url, record).catch(
-        (e) => new Response(`fake KFP server bug: ${(e as Error).stack ?? e}`, { status: 500 }),
-      );
-      record.status = res.status;
-      if (opts.log) process.stderr.write(`${req.method} ${url.pathname}${url.search} ${res.status}\n`);
-      return res;
-    },
+  async function handle(req: Request, rawQuery: string): Promise<Response> {
+    const url = new URL(req.url);
+    const headers = Object.fromEntries(req.headers.entries());
+    const record: RecordedRequest = { method: req.method, path: url.pathname, query: Object.fromEntries(url.searchParams), headers, status: 0 };
+    requests.push(record);
+    const res = await dispatch(req, url, record, rawQuery).catch(
+      (e) => new Response(`fake KFP server bug: ${(e as Error).stack ?? e}`, { status: 500 }),
+    );
+    record.status = res.status;
+    if (opts.log) process.stderr.write(`${req.method} ${url.pathname}${url.search} ${res.status}\n`);
+    return res;
+  }
+
+  // node:http rather than Bun.serve: Bun.serve refuses request heads over 16 KiB with an empty 431, while Go
+  // takes 1 MiB (a 100000-byte description is fine) and answers 431 with its own text beyond that.
+  const server = createServer({ maxHeaderSize: 4 * MAX_HEADER_BYTES }, (incoming, outgoing) => {
+    const rawUrl = incoming.url ?? "/";
+    let headBytes = `${incoming.method} ${rawUrl} HTTP/1.1\r\n\r\n`.length;
+    for (let i = 0; i < incoming.rawHeaders.length; i += 2) headBytes += Buffer.byteLength(`${incoming.rawHeaders[i]}: ${incoming.rawHeaders[i + 1]}\r\n`);
+    if (headBytes > MAX_HEADER_BYTES) {
+      incoming.resume();
+      outgoing.writeHead(431, { "content-type": "text/plain; charset=utf-8", connection: "close" });
+      outgoing.end("431 Request Header Fields Too Large");
+      return;
+    }
+    const chunks: Buffer[] = [];
+    incoming.on("data", (c: Buffer) => chunks.push(c));
+    incoming.on("end", async () => {
+      const method = incoming.method ?? "GET";
+      const headers = new Headers();
+      for (let i = 0; i < incoming.rawHeaders.length; i += 2) headers.append(incoming.rawHeaders[i]!, incoming.rawHeaders[i + 1]!);
+      const hasBody = method !== "GET" && method !== "HEAD";
+      const req = new Request(`http://127.0.0.1${rawUrl}`, { method, headers, body: hasBody ? Buffer.concat(chunks) : undefined });
+      const q = rawUrl.indexOf("?");
+      const res = await handle(req, q < 0 ? "" : rawUrl.slice(q + 1));
+      outgoing.writeHead(res.status, Object.fromEntries(res.headers.entries()));
+      outgoing.end(Buffer.from(await res.arrayBuffer()));
+    });
   });
+  await new Promise<void>((resolve) => server.listen(opts.port ?? 0, "127.0.0.1", () => resolve()));
+  const port = (server.address() as { port: number }).port;
 
   return {
-    url: `http://127.0.0.1:${server.port}`,
+    url: `http://127.0.0.1:${port}`,
     requests,
-    stop: () => server.stop(true),
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
     failNext(route, status, times = 1, body) {
       faults.push({ route, status, remaining: times, body });
     },
@@ -810,6 +1347,9 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
     reset() {
       pipelines.clear();
       versions.clear();
+      experiments.clear();
+      recurringRuns.clear();
+      addDefaultExperiment();
       requests.length = 0;
       faults = [];
     },
@@ -817,7 +1357,7 @@ export async function startKfpServer(opts: KfpServerOptions = {}): Promise<KfpSe
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// CLI: bun test/kfp-server.ts --port 8888 [--token T] [--multi-user] [--version 2.17.3]
+// CLI: bun test/kfp-server.ts --port 8888 [--token T] [--multi-user] [--version 2.17.0]
 
 if (import.meta.main) {
   const args = process.argv.slice(2);
@@ -829,6 +1369,7 @@ if (import.meta.main) {
     port: Number(value("--port") ?? 0),
     token: value("--token"),
     multiUser: args.includes("--multi-user"),
+    requireNamespace: args.includes("--require-namespace"),
     version: value("--version"),
     log: true,
   });

@@ -201,7 +201,7 @@ describe("multi-user: shared pipelines, identity", () => {
   test("--shared creates a shared pipeline beside a namespaced one of the same name, then unchanged; KFP_SHARED too", async () => {
     kfp.reset();
     const dir = one();
-    const inTeam = await sync(dir, kfp.url, ["--namespace", "team-a"]);
+    const inTeam = await sync(dir, kfp.url, ["--namespace", "team-a"], { KFP_TOKEN: "team-a-member-token" }); // an identity, as the real server needs
     expect(inTeam.code, inTeam.stderr).toBe(0);
     const shared = await sync(dir, kfp.url, ["--shared"]);
     expect(shared.code, shared.stderr).toBe(0);
@@ -267,7 +267,16 @@ describe("multi-user: shared pipelines, identity", () => {
   test("the upload routes' bare 400 'Failed to create a pipeline' with no credentials: the identity advice", async () => {
     kfp.reset();
     const refused = { error_message: "Failed to create a pipeline", error_details: "Failed to create a pipeline\ngithub.com/kubeflow/pipelines/backend/src/apiserver/server.(*PipelineUploadServer).ServeHTTP" };
-    const gw = await gatewayTo(kfp, (req, url) => (req.method === "POST" && url.pathname.endsWith("/upload") ? jsonAnswer(refused, 400, "text/plain; charset=utf-8") : undefined));
+    // The real server refuses an identity-less name lookup first (401); this gateway lets the lookup
+    // through as "not found" (the recorded get-pipeline-by-name-missing shape) so the upload's 400 is reached.
+    const missing = { code: 5, message: "Failed to get a pipeline with name model-evaluation and namespace team-a. Check error stack.: ResourceNotFoundError", details: [] };
+    const gw = await gatewayTo(kfp, (req, url) =>
+      req.method === "POST" && url.pathname.endsWith("/upload")
+        ? jsonAnswer(refused, 400, "text/plain; charset=utf-8")
+        : url.pathname.includes("/pipelines/names/")
+          ? jsonAnswer(missing, 404, "application/json")
+          : undefined,
+    );
     try {
       const r = await sync(one(), gw.url, ["--namespace", "team-a"]);
       expect(r.code).toBe(1);
