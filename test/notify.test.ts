@@ -127,10 +127,10 @@ describe("notify", () => {
     expect(ntfy.requests.length).toBe(0);
   });
 
-  test("no NTFY_URL: no notification", async () => {
-    const r = await run(["--host", kfp.url, "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy() });
+  test("no NTFY_URL (or the secret is empty, as an unset one reaches the job): no notification, and the log says so", async () => {
+    const r = await run(["--host", kfp.url, "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { NTFY_URL: "" } });
     expect(r.code).toBe(0);
-    expect(r.stderr).not.toContain("notif");
+    expect(r.stderr).toContain("no notification: NTFY_URL (--ntfy-url) is not set");
     expect(ntfy.requests.length).toBe(0);
   });
 });
