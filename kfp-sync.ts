@@ -1718,7 +1718,12 @@ const command = defineCommand({
     process.on("SIGINT", () => onSignal("SIGINT"));
     process.on("SIGTERM", () => onSignal("SIGTERM"));
     // Only a run that talks to servers asks Gitea for its version (a dry run without a host stays offline).
-    cfg.runUrl ??= runUrlFrom(env, cfg.host ? await giteaVersionOf(env) : undefined);
+    if (!cfg.runUrl) {
+      const giteaVersion = cfg.host ? await giteaVersionOf(env) : undefined;
+      cfg.runUrl = runUrlFrom(env, giteaVersion);
+      // The link's shape depends on the version; say which was seen, so a wrong link can be traced.
+      if (cfg.runUrl && !env.KFP_SYNC_RUN_URL && truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS)) log.info(`Gitea ${giteaVersion ?? "version unknown"}: this run is ${cfg.runUrl}`);
+    }
 
     const summary = await sync(cfg, log, env, state);
     report(summary, env, secrets, log);
