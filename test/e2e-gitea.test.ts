@@ -31,6 +31,9 @@ const REPO = "pipelines";
 const NTFY_TOKEN = "tk_e2egiteantfytoken00000000000";
 const KFP_TOKEN = "kfp-e2e-token";
 const RUN_TIMEOUT_MS = 120_000;
+// Every folder this file makes is under TMP, removed at the end.
+const TMP = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-e2e-"));
+afterAll(() => fs.rmSync(TMP, { recursive: true, force: true }));
 const PINNED_KFP = /^kfp==(\S+)$/m.exec(fs.readFileSync(path.join(ROOT, "requirements.txt"), "utf8"))?.[1];
 
 // ─── Peers ───────────────────────────────────────────────────────────────────────────────────────
@@ -97,7 +100,7 @@ async function startRunner(gitea: Gitea): Promise<Runner> {
   } catch (error) {
     throw new Error(`Gitea's runner could not be built (the end-to-end test cannot run without it): ${(error as Error).message}`);
   }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-e2e-runner-"));
+  const dir = fs.mkdtempSync(path.join(TMP, "runner-"));
   const binDir = path.join(dir, "bin");
   fs.mkdirSync(binDir);
   fs.symlinkSync(BIN, path.join(binDir, "kfp-sync")); // the image's /usr/local/bin/kfp-sync
@@ -130,7 +133,7 @@ async function stopRunner(runner: Runner): Promise<void> {
 
 // ─── Git ─────────────────────────────────────────────────────────────────────────────────────────
 
-const GIT_HOME = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-e2e-git-"));
+const GIT_HOME = fs.mkdtempSync(path.join(TMP, "git-home-"));
 const GIT_ENV: Record<string, string> = {
   PATH: process.env.PATH ?? "/usr/bin:/bin",
   HOME: GIT_HOME,
@@ -155,7 +158,7 @@ function remote(gitea: Gitea, repo: string): string {
 
 /** A new local repository pushing to `repo` on `gitea`. */
 async function clone(gitea: Gitea, repo: string, files: Record<string, string | Buffer>): Promise<string> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-e2e-repo-"));
+  const dir = fs.mkdtempSync(path.join(TMP, "repo-"));
   await git(dir, "init", "-q", "-b", "main");
   await git(dir, "remote", "add", "origin", remote(gitea, repo));
   write(dir, files);
