@@ -126,7 +126,7 @@ describe("actions integration", () => {
     expect(runUrlFrom({})).toBeUndefined();
 
     // Through the binary, with a Gitea 1.24 that requires sign-in: 403 anonymously, its version with
-    // the job's token (as the real 1.26/1.27 answer, ../shared/peers/gitea/README.md).
+    // the job's token (as the real 1.26/1.27 answer, test/peers/gitea/README.md).
     const seen: string[] = [];
     const gitea = Bun.serve({
       port: 0,

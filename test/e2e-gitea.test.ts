@@ -474,8 +474,11 @@ async function firstPush(e: Env, names: string[]): Promise<Run> {
     // KFP names a new pipeline's first version after the pipeline: one version each.
     for (const name of names) expect(after.get(name)).toEqual([name]);
   }
-  // summary_json is a step output only (the job leaves it out); the runner echoes it into the log.
+  // summary_json is a step output only (the job leaves it out); the runner echoes it into the log,
+  // as it does every step output, so secrets must never be in it.
   expect(Object.keys(outputs).sort()).toEqual(["compiled", "failed", "failed_pipelines", "unchanged", "uploaded", "version"]);
+  expect(log).toContain("::set-output:: summary_json={");
+  for (const secret of [NTFY_TOKEN, e.kfp.token].filter(Boolean)) expect(log).not.toContain(secret!);
 
   // One ntfy message, its link opens this run (by id), logged in.
   const messages = published(e.ntfy, ntfyBefore);
@@ -567,6 +570,20 @@ describe("end to end on Gitea 1.27.3 with Gitea's runner", () => {
     expect(outputs.version).toBe(""); // no version was created
     expect(await kfpVersions(e.kfp, names)).toEqual(before);
     if (e.kfp.server) expect(e.kfp.server.requests.filter((r) => r.method !== "GET").length).toBe(writesBefore!);
+  }, 180_000);
+
+  test("a change to a helper module alone starts a run: nothing changed, so nothing written", async () => {
+    const repo = `${OWNER}/${REPO}`;
+    const before = await kfpVersions(e.kfp, names);
+    write(e.work, { "components/common.py": "# shared by the pipelines\nDEFAULT_IMAGE = 'python:3.11'\n" });
+    const sha = await push(e.work, "a helper module");
+    const run = await completedRun(e.gitea, repo, (r) => isSync(r) && r.head_sha === sha, "helper module");
+    const log = await jobLog(e.gitea, await jobOf(e.gitea, run));
+    expect(run.conclusion, log).toBe("success");
+    const outputs = jobOutputs(e.gitea, run);
+    expect(outputs.unchanged).toBe("6");
+    expect(outputs.uploaded).toBe("0");
+    expect(await kfpVersions(e.kfp, names)).toEqual(before);
   }, 180_000);
 
   test("a broken pipeline: the run fails, failed=1, a high-priority message names the file", async () => {
