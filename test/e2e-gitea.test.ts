@@ -414,7 +414,14 @@ function processesUnder(dirs: string[]): string[] {
 /** One Gitea with a runner, KFP, ntfy and the prepared repository; `end()` stops all of it. */
 async function environment(version: string, requireSignin: boolean) {
   const { kfp, ntfy } = await startServices();
-  const gitea = await startGitea(version, requireSignin);
+  let gitea: Gitea;
+  try {
+    gitea = await startGitea(version, requireSignin);
+  } catch (error) {
+    await ntfy.stop();
+    await kfp.server?.stop();
+    throw error;
+  }
   let runner: Runner | undefined;
   try {
     runner = await startRunner(gitea);
