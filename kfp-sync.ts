@@ -279,7 +279,7 @@ function atLeast(version: string | undefined, major: number, minor: number): boo
  * ACTIONS_RUNTIME_TOKEN in every run step's environment and the endpoint accepts it. The token
  * goes only to the server that issued it.
  */
-export async function giteaVersionOf(env: Env): Promise<string | undefined> {
+async function giteaVersionOf(env: Env): Promise<string | undefined> {
   if (env.KFP_SYNC_GITEA_VERSION) return env.KFP_SYNC_GITEA_VERSION;
   if (!truthy(env.GITEA_ACTIONS) || truthy(env.FORGEJO_ACTIONS) || !env.GITHUB_SERVER_URL || env.KFP_SYNC_RUN_URL) return undefined;
   const url = `${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`;
