@@ -272,7 +272,9 @@ export function versionTagFor(now: Date): string {
 
 /**
  * The link to this CI run. Gitea ≤ 1.25 and Forgejo link runs by number, GitHub and Gitea ≥ 1.26
- * by id; Gitea's GITHUB_SERVER_URL ends with a slash. `giteaVersion` is the Gitea server's.
+ * by id. `giteaVersion` is the Gitea server's; unknown is taken as current Gitea, because there a
+ * number is first tried as an id and can open another run of the repository, while an id is
+ * always right (measured on 1.26.0 and 1.27.3). A trailing slash is dropped should one appear.
  */
 export function runUrlFrom(env: Env, giteaVersion?: string): string | undefined {
   if (env.KFP_SYNC_RUN_URL) return env.KFP_SYNC_RUN_URL;
@@ -281,7 +283,7 @@ export function runUrlFrom(env: Env, giteaVersion?: string): string | undefined 
   if (!server || !repo) return undefined;
   const forgejo = truthy(env.FORGEJO_ACTIONS);
   const gitea = truthy(env.GITEA_ACTIONS) && !forgejo;
-  const byNumber = forgejo || (gitea && !atLeast(giteaVersion, 1, 26));
+  const byNumber = forgejo || (gitea && giteaVersion !== undefined && !atLeast(giteaVersion, 1, 26));
   const run = byNumber ? (env.GITHUB_RUN_NUMBER ?? env.GITHUB_RUN_ID) : (env.GITHUB_RUN_ID ?? env.GITHUB_RUN_NUMBER);
   return run ? `${server}/${repo}/actions/runs/${run}` : undefined;
 }
@@ -294,17 +296,27 @@ function atLeast(version: string | undefined, major: number, minor: number): boo
 
 /**
  * Gitea's version decides the run link's shape; the job's environment does not carry it, so ask
- * the server's public /api/v1/version (KFP_SYNC_GITEA_VERSION skips the call). Unknown → ≤ 1.25.
+ * the server's /api/v1/version (KFP_SYNC_GITEA_VERSION skips the call). With REQUIRE_SIGNIN_VIEW
+ * that answers 403 anonymously, so ask again with the job's token: Gitea's runner puts
+ * ACTIONS_RUNTIME_TOKEN in every run step's environment and the endpoint accepts it. The token
+ * goes only to the server that issued it.
  */
 async function giteaVersionOf(env: Env): Promise<string | undefined> {
   if (env.KFP_SYNC_GITEA_VERSION) return env.KFP_SYNC_GITEA_VERSION;
   if (!truthy(env.GITEA_ACTIONS) || truthy(env.FORGEJO_ACTIONS) || !env.GITHUB_SERVER_URL || env.KFP_SYNC_RUN_URL) return undefined;
-  try {
-    const body = await ofetch.create({}, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) })<{ version?: string }>(`${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`, { retry: false, signal: AbortSignal.timeout(2000) });
-    return body.version;
-  } catch {
-    return undefined;
+  const url = `${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`;
+  const tokens = [undefined, ...new Set([env.ACTIONS_RUNTIME_TOKEN, env.GITEA_TOKEN, env.GITHUB_TOKEN].filter((t): t is string => !!t))];
+  for (const token of tokens) {
+    try {
+      const headers: Record<string, string> = token ? { Authorization: `token ${token}` } : {};
+      const body = await ofetch.create({}, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) })<{ version?: string }>(url, { headers, retry: false, signal: AbortSignal.timeout(2000) });
+      return body.version;
+    } catch (error) {
+      const status = (error as { status?: number }).status;
+      if (status !== 401 && status !== 403) return undefined;
+    }
   }
+  return undefined;
 }
 
 function gitCommit(env: Env, cwd: string): string | undefined {
@@ -1961,7 +1973,8 @@ export function actionsOutputs(summary: Summary): string {
     outputEntry("uploaded", String(summary.counts.uploaded)),
     outputEntry("unchanged", String(summary.counts.unchanged)),
     outputEntry("failed", String(summary.counts.failed)),
-    outputEntry("version", summary.versionTag),
+    // A run that created no version must not name one: a later job would look for it in KFP.
+    outputEntry("version", summary.counts.uploaded > 0 ? summary.versionTag : ""),
     outputEntry("failed_pipelines", failed.join("\n")),
     outputEntry("summary_json", summaryJson(summary)),
   ].join("");
@@ -2204,6 +2217,7 @@ function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"
 
 async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, state: RunState): Promise<void> {
   if (!cfg.ntfy) {
+    // An unset secret reaches the job as an empty string: say so, or a typo in its name goes unseen.
     log.info("no --ntfy-url/NTFY_URL: no notification is sent");
     return;
   }
@@ -2273,7 +2287,12 @@ const command = defineCommand({
     process.on("SIGINT", () => onSignal("SIGINT"));
     process.on("SIGTERM", () => onSignal("SIGTERM"));
     // Only a run that talks to servers asks Gitea for its version (a dry run without a host stays offline).
-    cfg.runUrl ??= runUrlFrom(env, cfg.host ? await giteaVersionOf(env) : undefined);
+    if (!cfg.runUrl) {
+      const giteaVersion = cfg.host ? await giteaVersionOf(env) : undefined;
+      cfg.runUrl = runUrlFrom(env, giteaVersion);
+      // The link's shape depends on the version; say which was seen, so a wrong link can be traced.
+      if (cfg.runUrl && !env.KFP_SYNC_RUN_URL && truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS)) log.info(`Gitea ${giteaVersion ?? "version unknown"}: this run is ${cfg.runUrl}`);
+    }
 
     const summary = await sync(cfg, log, env, state);
     report(summary, env, secrets, log, cfg.ntfy?.required ?? false);

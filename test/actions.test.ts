@@ -61,7 +61,28 @@ describe("actions integration", () => {
     const outputs = path.join(scratch(), "output");
     const r = await run(["--dry-run", "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { GITEA_OUTPUT: outputs } });
     expect(r.code).toBe(0);
-    expect(parseOutputs(fs.readFileSync(outputs, "utf8")).get("compiled")).toBe("1");
+    const o = parseOutputs(fs.readFileSync(outputs, "utf8"));
+    expect(o.get("compiled")).toBe("1");
+    expect(o.get("version")).toBe(""); // a dry run creates no version
+  });
+
+  test("the version output is empty when the run created no version (everything unchanged)", async () => {
+    const server = await startKfpServer();
+    try {
+      const dir = examplesCopy();
+      const first = path.join(scratch(), "first");
+      const second = path.join(scratch(), "second");
+      const args = ["--host", server.url, "--out-dir", scratch(), "evaluation_pipeline.py"];
+      expect((await run([...args, "--version-tag", "v20260213-143022"], { cwd: dir, env: { GITHUB_OUTPUT: first } })).code).toBe(0);
+      expect(parseOutputs(fs.readFileSync(first, "utf8")).get("version")).toBe("v20260213-143022");
+      const again = await run([...args, "--version-tag", "v20260213-150000"], { cwd: dir, env: { GITHUB_OUTPUT: second } });
+      expect(again.json().counts.unchanged).toBe(1);
+      const o = parseOutputs(fs.readFileSync(second, "utf8"));
+      expect(o.get("uploaded")).toBe("0");
+      expect(o.get("version")).toBe("");
+    } finally {
+      await server.stop();
+    }
   });
 
   test("step summary: a Markdown table in GITHUB_STEP_SUMMARY, also printed to the log", async () => {
@@ -90,37 +111,47 @@ describe("actions integration", () => {
     for (const r of [github, gitea, forgejo]) expect(r.stdout).not.toContain("::error");
   });
 
-  test("the run link: Gitea ≤ 1.25 and Forgejo by number, GitHub and Gitea ≥ 1.26 by id; the Gitea version is asked of the server", async () => {
-    const base = { GITHUB_SERVER_URL: "https://git.example/", GITHUB_REPOSITORY: "ml/pipes", GITHUB_RUN_NUMBER: "17", GITHUB_RUN_ID: "4711" };
+  // A real Gitea (1.26.0, 1.27.3, with and without sign-in required) answers the version lookup in
+  // test/e2e-gitea.test.ts, which opens the link. Only Gitea ≤ 1.25 cannot be built here (the module
+  // proxy serves 1.26.0 and 1.27.3), so that case alone keeps a stand-in for /api/v1/version below.
+  test("the run link: Gitea ≤ 1.25 and Forgejo by number, GitHub, Gitea ≥ 1.26 and an unknown Gitea by id", async () => {
+    const base = { GITHUB_SERVER_URL: "https://git.example", GITHUB_REPOSITORY: "ml/pipes", GITHUB_RUN_NUMBER: "17", GITHUB_RUN_ID: "4711" };
     expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true" }, "1.25.4")).toBe("https://git.example/ml/pipes/actions/runs/17");
     expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true" }, "1.26.0")).toBe("https://git.example/ml/pipes/actions/runs/4711");
-    expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true" }, undefined)).toBe("https://git.example/ml/pipes/actions/runs/17");
+    expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true" }, undefined)).toBe("https://git.example/ml/pipes/actions/runs/4711");
+    expect(runUrlFrom({ ...base, GITHUB_SERVER_URL: "https://git.example/", GITEA_ACTIONS: "true" }, "1.27.3")).toBe("https://git.example/ml/pipes/actions/runs/4711");
     expect(runUrlFrom({ ...base, GITEA_ACTIONS: "true", FORGEJO_ACTIONS: "true" }, "11.0")).toBe("https://git.example/ml/pipes/actions/runs/17");
     expect(runUrlFrom({ ...base, GITHUB_SERVER_URL: "https://github.com" })).toBe("https://github.com/ml/pipes/actions/runs/4711");
     expect(runUrlFrom({ ...base, KFP_SYNC_RUN_URL: "https://ci.example/x" })).toBe("https://ci.example/x");
     expect(runUrlFrom({})).toBeUndefined();
 
-    // Through the binary, with a Gitea that answers /api/v1/version.
-    for (const [version, expected] of [
-      ["1.26.1", "4711"],
-      ["1.24.0", "17"],
-    ] as const) {
-      const gitea = Bun.serve({ port: 0, hostname: "127.0.0.1", fetch: (req) => (new URL(req.url).pathname === "/api/v1/version" ? Response.json({ version }) : new Response("no", { status: 404 })) });
-      try {
-        // Only a run with a server asks Gitea (this one's KFP host is closed; the link is what counts here).
-        const r = await run(["--dry-run", "--host", "http://127.0.0.1:9", "--retries", "0", "--out-dir", scratch(), "evaluation_pipeline.py"], {
-          cwd: examplesCopy(),
-          env: { ...base, GITHUB_SERVER_URL: `http://127.0.0.1:${gitea.port}/`, GITEA_ACTIONS: "true" },
-        });
-        expect(r.json().runUrl).toBe(`http://127.0.0.1:${gitea.port}/ml/pipes/actions/runs/${expected}`);
-      } finally {
-        gitea.stop(true);
-      }
+    // Through the binary, with a Gitea 1.24 that requires sign-in: 403 anonymously, its version with
+    // the job's token (as the real 1.26/1.27 answer, test/peers/gitea/README.md).
+    const seen: string[] = [];
+    const gitea = Bun.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      fetch: (req) => {
+        seen.push(req.headers.get("authorization") ?? "anonymous");
+        if (new URL(req.url).pathname !== "/api/v1/version") return new Response("no", { status: 404 });
+        return req.headers.get("authorization") === "token job-token" ? Response.json({ version: "1.24.0" }) : Response.json({ message: "Only signed in user is allowed to call APIs." }, { status: 403 });
+      },
+    });
+    try {
+      // Only a run with a server asks Gitea (this one's KFP host is closed; the link is what counts here).
+      const r = await run(["--dry-run", "--host", "http://127.0.0.1:9", "--retries", "0", "--out-dir", scratch(), "evaluation_pipeline.py"], {
+        cwd: examplesCopy(),
+        env: { ...base, GITHUB_SERVER_URL: `http://127.0.0.1:${gitea.port}`, GITEA_ACTIONS: "true", ACTIONS_RUNTIME_TOKEN: "job-token" },
+      });
+      expect(r.json().runUrl).toBe(`http://127.0.0.1:${gitea.port}/ml/pipes/actions/runs/17`);
+      expect(seen).toEqual(["anonymous", "token job-token"]);
+    } finally {
+      gitea.stop(true);
     }
     const flag = await run(["--dry-run", "--out-dir", scratch(), "--run-url", "https://ci.example/run/1", "evaluation_pipeline.py"], { cwd: examplesCopy(), env: base });
     expect(flag.json().runUrl).toBe("https://ci.example/run/1");
-    // A dry run without a host makes no network call, not even to Gitea: the link falls back to the run number.
-    const offline = await run(["--dry-run", "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { ...base, GITHUB_SERVER_URL: "http://127.0.0.1:9/", GITEA_ACTIONS: "true" } });
-    expect(offline.json().runUrl).toBe("http://127.0.0.1:9/ml/pipes/actions/runs/17");
+    // A dry run without a host makes no network call, not even to Gitea: the version stays unknown, the link is by id.
+    const offline = await run(["--dry-run", "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { ...base, GITHUB_SERVER_URL: "http://127.0.0.1:9", GITEA_ACTIONS: "true" } });
+    expect(offline.json().runUrl).toBe("http://127.0.0.1:9/ml/pipes/actions/runs/4711");
   });
 });

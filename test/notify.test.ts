@@ -128,8 +128,8 @@ describe("notify", () => {
     expect(ntfy.requests.length).toBe(0);
   });
 
-  test("no NTFY_URL: no notification, and the log says so once", async () => {
-    const r = await run(["--host", kfp.url, "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy() });
+  test("no NTFY_URL (or the secret is empty, as an unset one reaches the job): no notification, and the log says so once", async () => {
+    const r = await run(["--host", kfp.url, "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { NTFY_URL: "" } });
     expect(r.code).toBe(0);
     expect(r.stderr.match(/notification/g)).toEqual(["notification"]);
     expect(r.stderr).toContain("ℹ no --ntfy-url/NTFY_URL: no notification is sent");

@@ -85,9 +85,9 @@ describe("workflows: compile-upload uses what kfp-sync offers", () => {
   const [jobName, job] = jobs[0] ?? [];
   const syncStep = (job?.steps ?? []).find((s: any) => s.id === "sync");
 
-  test("triggers: pushes to main that touch a *_pipeline.py, and by hand", () => {
+  test("triggers: pushes to main that touch what can change a compiled pipeline, and by hand", () => {
     expect(workflow.on.push.branches).toEqual(["main"]);
-    expect(workflow.on.push.paths).toEqual(["**/*_pipeline.py"]);
+    expect(workflow.on.push.paths).toEqual(["**/*.py", "**/requirements*.txt", "**/pyproject.toml", ".gitea/workflows/compile-upload.yaml"]);
     expect("workflow_dispatch" in workflow.on).toBe(true);
   });
 
