@@ -1245,6 +1245,8 @@ function retryable(error: KfpError): boolean {
 export interface KfpApi {
   read<T>(what: string, route: string, query?: Record<string, string | undefined>): Promise<T>;
   write<T>(what: string, route: string, query: Record<string, string | undefined>, file: { name: string; text: string }): Promise<T>;
+  /** The server's clock as far as its Date headers tell, never ahead of it (they have whole seconds). */
+  serverNow(): number;
 }
 
 /**
@@ -1268,15 +1270,20 @@ export function kfpClient(
   }, { fetch: cappedFetch(MAX_KFP_ANSWER_BYTES) });
   // Redirects are not followed: a gateway sends an expired session to its login page, and the
   // page's 200 must not pass for the API's answer.
+  // Without a Date header yet, assume the server's clock may be a second ahead of ours.
+  let clockOffset = -1000;
   const call = async (what: string, route: string, query: Record<string, string | undefined> | undefined, init: { method?: "POST"; body?: FormData; timeoutMs: number }): Promise<unknown> => {
     const response = await $kfp.raw(`${route}${queryString(query)}`, { method: init.method, body: init.body, redirect: "manual", signal: AbortSignal.any([stop, AbortSignal.timeout(init.timeoutMs)]) });
     const data: unknown = response._data;
+    const date = Date.parse(response.headers.get("date") ?? "");
+    if (!Number.isNaN(date)) clockOffset = date - Date.now();
     if (response.status >= 300 && response.status < 400) throw notKfpError(what, notApiAnswer(response.status, response.headers.get("location") ?? "", ""), response.status);
     if (looksLikeHtml(response.headers.get("content-type"), data)) throw notKfpError(what, notApiAnswer(response.status, undefined, String(data)), response.status);
     return data;
   };
 
   return {
+    serverNow: () => Date.now() + clockOffset,
     async read<T>(what: string, route: string, query?: Record<string, string | undefined>): Promise<T> {
       for (let attempt = 0; ; attempt++) {
         try {
@@ -1413,7 +1420,7 @@ export interface UploadContext {
 
 type UploadPlan =
   | { kind: "create" }
-  | { kind: "version"; pipeline: KfpPipeline }
+  | { kind: "version"; pipeline: KfpPipeline; newest: KfpPipelineVersion[] }
   | { kind: "unchanged"; pipeline: KfpPipeline; version: KfpPipelineVersion };
 
 /** An answer must carry the id that makes it what it claims to be; `{}` from a proxy is not "not found". */
@@ -1486,7 +1493,19 @@ async function planUpload(ctx: UploadContext, name: string, fingerprint: string)
   // server or the UI takes for the latest, it is ours. A tie with another spec gets a new version,
   // which is then the one newest.
   if (newest.length > 0 && !ctx.force && newest.every((v) => sameSpec(v, fingerprint))) return { kind: "unchanged", pipeline, version: newest[0]! };
-  return { kind: "version", pipeline };
+  return { kind: "version", pipeline, newest };
+}
+
+/**
+ * Wait, if need be, until the server's clock is past the second of its newest version: a version
+ * added in that same second would tie with it (see newestVersions), and the next sync could not
+ * tell which is the latest. Waits only when the newest version is a second or two old; at most 3 s.
+ */
+async function outlastNewest(ctx: UploadContext, newest: KfpPipelineVersion[]): Promise<void> {
+  const second = Date.parse(newest[0]?.created_at ?? "");
+  if (Number.isNaN(second)) return;
+  const wait = Math.min(3000, second + 1000 - ctx.api.serverNow());
+  if (wait > 0) await Bun.sleep(wait);
 }
 
 /** At most 20 tags, keys and values cut to 63 bytes: the server would refuse the whole upload. */
@@ -1595,11 +1614,12 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
     const newest = await newestVersions(ctx, result.existing);
     const same = newest.find((v) => sameSpec(v, fingerprint));
     if (same) return done(result.ours ? "created" : "unchanged", result.existing, same);
-    plan = { kind: "version", pipeline: result.existing };
+    plan = { kind: "version", pipeline: result.existing, newest };
   }
   if (plan.kind === "unchanged") return done("unchanged", plan.pipeline, plan.version);
 
   const pipeline = plan.pipeline;
+  await outlastNewest(ctx, plan.newest);
   const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description: fitDescription(undefined, description, ctx.warn), tags: tagsOf(ctx) };
   const what = `add version ${ctx.versionTag} to ${name}`;
   const result = await writeChecked(

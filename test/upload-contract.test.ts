@@ -347,6 +347,25 @@ describe("the newest second of versions, and version skew", () => {
     });
   }
 
+  test("kfp-sync never makes a tie itself: a version it adds lands in a later second than the newest one", async () => {
+    kfp.reset();
+    const dir = scratch({ "evaluation_pipeline.py": { from: path.join(EXAMPLES, "evaluation_pipeline.py") } });
+    const file = path.join(dir, "evaluation_pipeline.py");
+    const source = fs.readFileSync(file, "utf8");
+    // Create, then two changes and a re-sync back to back: each sync takes well under a second.
+    const actions: string[] = [];
+    for (const [i, samples] of ["2000", "2001", "2002", "2002"].entries()) {
+      fs.writeFileSync(file, source.replace("max_samples: int = 2000", `max_samples: int = ${samples}`));
+      const r = await sync(dir, kfp.url, ["--version-tag", `v20260101-00000${i}`]);
+      expect(r.code, r.stderr).toBe(0);
+      actions.push(r.json().pipelines[0]!.action);
+    }
+    expect(actions).toEqual(["created", "versioned", "versioned", "unchanged"]);
+    const seconds = kfp.state().versions.map((v) => v.created_at);
+    expect(seconds.length).toBe(3);
+    expect(new Set(seconds).size).toBe(3);
+  });
+
   test("a 2.17.0 server with the 2.17.3 SDK: same minor release, no skew warning", async () => {
     kfp.reset();
     const r = await sync(scratch({ "evaluation_pipeline.py": { from: path.join(EXAMPLES, "evaluation_pipeline.py") } }), kfp.url);
