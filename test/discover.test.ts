@@ -105,7 +105,7 @@ describe("discover", () => {
       expect(r.code).toBe(0);
       const s = r.json();
       expect(files(s)).toEqual(["b_pipeline.py"]);
-      expect(s.notes.map((n) => `${n.file}: ${n.message}`)).toEqual([
+      expect(s.notes.map((n: Record<string, string>) => `${n.file}: ${n.message}`)).toEqual([
         "m_pipeline.py: the same file as b_pipeline.py, which is compiled instead (the first name in sorted order)",
         "z_pipeline.py: the same file as b_pipeline.py, which is compiled instead (the first name in sorted order)",
       ]);
@@ -134,7 +134,7 @@ describe("discover", () => {
       const searched = await run(["--dry-run", "--out-dir", scratch()], { cwd: dir });
       expect(searched.code).toBe(0);
       expect(files(searched.json())).toEqual(["a_pipeline.py"]);
-      expect(searched.json().notes.map((n) => `${n.file}: ${n.message}`).sort()).toEqual([
+      expect(searched.json().notes.map((n: Record<string, string>) => `${n.file}: ${n.message}`).sort()).toEqual([
         "fifo_pipeline.py: a FIFO, not a pipeline file: skipped",
         "sock_pipeline.py: a socket, not a pipeline file: skipped",
         "via_link_pipeline.py: a FIFO, not a pipeline file: skipped",
