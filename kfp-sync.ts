@@ -697,33 +697,28 @@ except (OSError, AttributeError):  # not Linux: the process groups below still a
 prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 def children():
-    """(pid, is_zombie) of this process's children, from /proc."""
-    me = str(os.getpid()).encode()
-    found = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry, "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[1] == me:
-                found.append((int(entry), fields[0] == b"Z"))
-    return found
+    """This process's children (zombies too), from /proc; empty where there is no /proc."""
+    pids = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/children" % task) as f:
+                pids.update(int(pid) for pid in f.read().split())
+    except OSError:
+        pass
+    return pids
 
 def end_strays(keep=()):
     """Kill and reap every child but keep: as a subreaper, that is all that is left of what a compile started."""
     for _ in range(1000):
-        strays = [(pid, zombie) for pid, zombie in children() if pid not in keep]
+        strays = children().difference(keep)
         if not strays:
             return
-        for pid, zombie in strays:
-            if not zombie:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        for pid, _ in strays:
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in strays:
             try:
                 os.waitpid(pid, 0)
             except OSError:
