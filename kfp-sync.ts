@@ -731,6 +731,43 @@ emit(event="ready", kfp=kfp.__version__, python=sys.version.split()[0])
 import gc, inspect
 import google.protobuf.descriptor_pb2  # noqa: F401  (imported lazily by the first compile)
 inspect.stack()  # kfp calls it on set_cpu_limit & co.; the first call per process stats every module
+
+WARM_UP = """
+from kfp import dsl
+
+@dsl.component(base_image="python:3.11-slim")
+def step(n: int, data: dsl.Input[dsl.Dataset]) -> int:
+    return n
+
+@dsl.container_component
+def tool(text: str, out: dsl.Output[dsl.Artifact]):
+    return dsl.ContainerSpec(image="busybox", command=["echo"], args=[text, out.path])
+
+@dsl.pipeline(name="kfp-sync-warm-up")
+def pipeline(text: str = "a", n: int = 1):
+    made = tool(text=text).set_cpu_limit("1").set_memory_limit("1G").set_caching_options(False)
+    step(n=n, data=made.outputs["out"])
+"""
+
+def warm_up():
+    """One compile in the parent, the way a child compiles, so that each child starts with kfp's
+    lazy imports done and its caches filled instead of paying for them again (issue 16: speed).
+    Every child inherits the same state, so the output stays that of a fresh kfp dsl compile
+    (checked by the corpus parity test)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kfp_sync_warm_up.py")
+        with open(source, "w") as f:
+            f.write(WARM_UP)
+        func = kfp_cli.collect_pipeline_or_component_func(python_file=source, function_name=None)
+        compiler.Compiler().compile(pipeline_func=func, pipeline_parameters={}, package_path=os.path.join(folder, "out.yaml"), type_check=True)
+        sys.modules.pop("kfp_sync_warm_up", None)
+        sys.path_importer_cache.pop(folder, None)
+
+try:
+    warm_up()
+except Exception:
+    pass  # only slower
 gc.freeze()
 
 # Frames in these folders are Python's or kfp's, not the user's: an error points at the user's line.
