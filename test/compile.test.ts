@@ -238,6 +238,22 @@ describe("compile: every pipeline of a file", () => {
   });
 });
 
+describe("compile: the same bytes on every run", () => {
+  test("a dict default, which kfp dsl compile writes in per-process key order: three runs, one output, one of kfp's", async () => {
+    const dir = scratch({ "dict_default_pipeline.py": { from: path.join(FIXTURES, "nondeterministic/dict_default_pipeline.py") } });
+    const outputs = new Set<string>();
+    for (let i = 0; i < 3; i++) {
+      const out = scratch();
+      const r = await run(["--dry-run", "--out-dir", out], { cwd: dir });
+      expect(r.code).toBe(0);
+      outputs.add(fs.readFileSync(path.join(out, "dict_default_pipeline.yaml"), "utf8"));
+    }
+    expect(outputs.size).toBe(1);
+    const pure = await kfpDslCompile(path.join(dir, "dict_default_pipeline.py"), [], { PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION: "python" });
+    expect([...outputs][0]).toBe(pure.yaml!);
+  });
+});
+
 describe("compile: the repository around the file", () => {
   test("types.py, json.py and enum.py at the root do not shadow the standard library, as under kfp dsl compile", async () => {
     const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
