@@ -660,7 +660,7 @@ import sys
 # kfp dsl compile, a console script, never has it there.
 if sys.path and sys.path[0] == "":
     del sys.path[0]
-import ctypes, json, os, signal, site, sysconfig, time, traceback
+import json, os, signal, site, sysconfig, time, traceback
 
 sys.dont_write_bytecode = True  # leave no __pycache__ in the user's checkout
 # Deterministic output (issue 16): the default upb protobuf iterates maps in an order seeded per
@@ -688,10 +688,11 @@ except BaseException as e:
 
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 try:
+    import ctypes
     libc = ctypes.CDLL(None, use_errno=True)
     def prctl(option, value):
         return libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) == 0
-except (OSError, AttributeError):  # not Linux: the process groups below still apply
+except (ImportError, OSError, AttributeError):  # not Linux, or a Python without ctypes: the process groups below still apply
     def prctl(option, value):
         return False
 prctl(PR_SET_CHILD_SUBREAPER, 1)
