@@ -1892,7 +1892,9 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     describe: (spec) =>
       [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${spec.fingerprint}`].filter(Boolean).join(" · "),
   };
-  const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? nameFromFile(spec.file.path) : spec.irName }));
+  // With several pipelines from one file, the file's name alone would name them all alike.
+  const fileName = (f: PipelineFile) => nameFromFile(f.oneOfSeveral ? `${f.path.replace(/\.py$/, "")}-${f.functionName}` : f.path);
+  const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? fileName(spec.file) : spec.irName }));
   // Two files with one pipeline name would take turns versioning it: refuse both, name the other.
   const filesByName = Map.groupBy(named, (n) => n.name);
   const clashing = named.filter((n) => filesByName.get(n.name)!.length > 1);

@@ -232,6 +232,13 @@ describe("compile: every pipeline of a file", () => {
       const second = await run(args, { cwd: dir });
       expect(second.json().pipelines.map((p) => p.action)).toEqual(["unchanged", "unchanged"]);
       expect(server.requests.filter((q) => q.method !== "GET").length).toBe(writes);
+      // Named after the file, each still gets its own name: the file's and the function's.
+      const byFile = await run([...args, "--name-from", "file"], { cwd: dir });
+      expect(byFile.code).toBe(0);
+      expect(byFile.json().pipelines.map((p) => [p.name, p.action])).toEqual([
+        ["two-pipelines-pipeline-first-pipeline", "created"],
+        ["two-pipelines-pipeline-second-pipeline", "created"],
+      ]);
     } finally {
       server.stop();
     }
