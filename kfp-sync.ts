@@ -666,9 +666,8 @@ sys.dont_write_bytecode = True  # leave no __pycache__ in the user's checkout
 # Deterministic output (issue 16): the default upb protobuf iterates maps in an order seeded per
 # process, and kfp renames duplicated sub-pipeline components while iterating one, so a file
 # could compile to other bytes on every run (and add a version on every sync). The pure-python
-# protobuf keeps insertion order, which is one of the outputs kfp dsl compile gives. In this
-# fork-per-file driver it costs a few per cent of CPU (see bench/README.md), not the 40-50 % it
-# costs a process that imports kfp for one file.
+# protobuf keeps insertion order, which is one of the outputs kfp dsl compile gives. Its price
+# is CPU: a few per cent on small pipelines, ~35 % on large ones such as GCPC's (bench/README.md).
 os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
 
 events = os.fdopen(os.dup(1), "w", buffering=1)
