@@ -6,6 +6,7 @@
  *   types and config → discover → compile → upload → notify → report → main.
  * Each stage is a function from data to data; processes, HTTP and the clock sit at the edges.
  */
+import { dlopen, FFIType } from "bun:ffi";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -67,6 +68,13 @@ export interface PipelineFile {
   abs: string;
   /** Which pipeline to compile when the file holds several (`--function FILE=NAME`). */
   functionName?: string;
+  /** Another pipeline of the same file is compiled too: the output name then carries the function. */
+  oneOfSeveral?: boolean;
+}
+
+/** How a person finds one pipeline of the run: its file, and the function when the file gives several. */
+export function pipelineLabel(p: { file: string; function?: string }): string {
+  return p.function ? `${p.file}:${p.function}` : p.file;
 }
 
 export interface CompiledSpec {
@@ -105,6 +113,8 @@ export interface UploadOutcome {
 
 export interface PipelineReport {
   file: string;
+  /** Set when the file's pipeline was chosen with --function or a `# kfp-sync: function=` line. */
+  function?: string;
   name?: string;
   output?: string;
   status: "compiled" | "failed";
@@ -138,6 +148,8 @@ export interface Summary {
   };
   pipelines: PipelineReport[];
   problems: Problem[];
+  /** What discovery skipped on purpose (a second link to one file, a folder link pointing up): not failures. */
+  notes?: Problem[];
   interrupted?: "SIGINT" | "SIGTERM";
   durationMs: number;
 }
@@ -151,7 +163,7 @@ export const args = {
   pattern: { type: "string", description: "File name glob, repeatable (env KFP_SYNC_PATTERN, comma-separated) [*_pipeline.py]" },
   "max-depth": { type: "string", description: "How deep to search folders; 1 = only their top level (env KFP_SYNC_MAX_DEPTH) [1]" },
   exclude: { type: "string", description: "Glob of paths to skip, repeatable (env KFP_SYNC_EXCLUDE, comma-separated)" },
-  function: { type: "string", description: "FILE=NAME: which pipeline to compile in a file holding several, repeatable (env KFP_SYNC_FUNCTION)" },
+  function: { type: "string", description: "FILE=NAME: a pipeline to compile in a file holding several; repeat it for each (env KFP_SYNC_FUNCTION, comma-separated)" },
   "out-dir": { type: "string", description: "Where compiled YAML goes (env KFP_SYNC_OUT_DIR) [.kfp-sync]" },
   python: { type: "string", description: "Python interpreter with kfp installed (env KFP_SYNC_PYTHON) [python3]" },
   "kfp-version": { type: "string", description: "kfp SDK version you pinned; a different installed one is an error (env KFP_SYNC_KFP_VERSION)" },
@@ -190,7 +202,8 @@ export interface Config {
   patterns: string[];
   excludes: string[];
   maxDepth: number;
-  functions: Map<string, string>;
+  /** Absolute file path → the pipelines to compile in it, in the order given. */
+  functions: Map<string, string[]>;
   outDir: string;
   python: string;
   kfpVersion?: string;
@@ -391,11 +404,14 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   };
   const positional = rawArgs.filter((a, i) => !a.startsWith("-") && !isFlagValue(rawArgs, i));
 
-  const functions = new Map<string, string>();
+  // Repeatable per file: a file with several pipelines syncs each of them (issue 16).
+  const functions = new Map<string, string[]>();
   for (const spec of listFrom(repeatedFlag(rawArgs, "function"), env.KFP_SYNC_FUNCTION)) {
     const at = spec.lastIndexOf("=");
     if (at <= 0 || at === spec.length - 1) throw new UsageError(`--function takes FILE=NAME, got "${spec}"`);
-    functions.set(path.resolve(cwd, spec.slice(0, at)), spec.slice(at + 1));
+    const names = functions.get(path.resolve(cwd, spec.slice(0, at))) ?? [];
+    if (!names.includes(spec.slice(at + 1))) names.push(spec.slice(at + 1));
+    functions.set(path.resolve(cwd, spec.slice(0, at)), names);
   }
 
   const dryRun = bool("dry-run", "KFP_SYNC_DRY_RUN");
@@ -587,31 +603,48 @@ export function answerProblem(error: unknown, url?: string): string | undefined 
 // Never worth searching, and searching them is slow: tool caches, environments, our own output.
 const SKIPPED_DIRS = new Set([".git", "node_modules", ".venv", "venv", "__pycache__", ".kfp-sync", ".tox", ".mypy_cache"]);
 
-/** A file can name its own pipeline, so CI needs no per-file flag: `# kfp-sync: function=outer`. */
-const FUNCTION_MARKER = /^#\s*kfp-sync:\s*function\s*=\s*([A-Za-z_][A-Za-z0-9_]*)\s*$/m;
+/** A file can name its own pipelines, so CI needs no per-file flag: `# kfp-sync: function=outer,inner`. */
+const FUNCTION_MARKER = /^#\s*kfp-sync:\s*function\s*=\s*([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*)\s*$/m;
 
-function functionMarker(file: string): string | undefined {
+function functionMarker(file: string): string[] | undefined {
   try {
-    return FUNCTION_MARKER.exec(fs.readFileSync(file, "latin1"))?.[1];
+    return FUNCTION_MARKER.exec(fs.readFileSync(file, "latin1"))?.[1]!.split(",").map((name) => name.trim());
   } catch {
     return undefined;
   }
 }
 
+/** What a path is when it is not a regular file: said instead of opening it (a FIFO would block for ever). */
+function kindOf(stat: fs.Stats): string {
+  if (stat.isDirectory()) return "a folder";
+  if (stat.isFIFO()) return "a FIFO";
+  if (stat.isSocket()) return "a socket";
+  if (stat.isCharacterDevice() || stat.isBlockDevice()) return "a device";
+  return "not a regular file";
+}
+
 export interface Discovery {
   files: PipelineFile[];
   problems: Problem[];
+  /** Skipped on purpose, not failures: a second link to one file, a folder link pointing up, an empty search. */
+  notes: Problem[];
 }
 
 /**
  * Find pipeline files: explicit files as given, folders searched like `find DIR -maxdepth N -name
- * PATTERN`. Symlinked folders are followed once (a loop is reported, not followed).
+ * PATTERN`. Symlinked folders are followed once (a link back up is noted, not followed). Several
+ * names for one file compile it once, under the first name in sorted order, whatever the folder
+ * order (which differs between file systems). A file with several pipelines to compile gives one
+ * PipelineFile per pipeline.
  */
 export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "excludes" | "maxDepth" | "functions" | "outDir">): Discovery {
-  const patterns = (cfg.patterns.length > 0 ? cfg.patterns : ["*_pipeline.py"]).map((p) => new Bun.Glob(p));
+  const patternTexts = cfg.patterns.length > 0 ? cfg.patterns : ["*_pipeline.py"];
+  const patterns = patternTexts.map((p) => new Bun.Glob(p));
   const excludes = cfg.excludes.map((p) => new Bun.Glob(p));
-  const found = new Map<string, PipelineFile>();
+  const byReal = new Map<string, string[]>(); // real path → every path that reached it
+  const reached = new Set<string>(); // every path given to add(), and its real path: what --function may name
   const problems: Problem[] = [];
+  const notes: Problem[] = [];
   const display = (abs: string) => {
     const rel = path.relative(cfg.cwd, abs);
     return rel && !rel.startsWith("..") && !path.isAbsolute(rel) ? rel : abs;
@@ -621,16 +654,31 @@ export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "exclu
     return excludes.some((g) => g.match(rel) || g.match(path.basename(abs)));
   };
   const add = (abs: string) => {
+    reached.add(abs);
     let real: string;
+    let stat: fs.Stats;
     try {
       real = fs.realpathSync(abs);
+      reached.add(real);
+      stat = fs.statSync(real);
+    } catch (error) {
+      problems.push({ stage: "discover", file: display(abs), message: `cannot read: ${(error as NodeJS.ErrnoException).code ?? error}`, hint: "check the file's permissions" });
+      return;
+    }
+    // Checked before anything opens it: reading a FIFO blocks, /dev/zero never ends (issue 9).
+    if (!stat.isFile()) {
+      problems.push({ stage: "discover", file: display(abs), message: `not a pipeline file: ${real === abs ? "it is" : `it links to ${real}, which is`} ${kindOf(stat)}`, hint: "name regular .py files" });
+      return;
+    }
+    try {
       fs.accessSync(real, fs.constants.R_OK);
     } catch (error) {
       problems.push({ stage: "discover", file: display(abs), message: `cannot read: ${(error as NodeJS.ErrnoException).code ?? error}`, hint: "check the file's permissions" });
       return;
     }
-    if (found.has(real)) return;
-    found.set(real, { path: display(abs), abs, functionName: cfg.functions.get(abs) ?? cfg.functions.get(real) ?? functionMarker(real) });
+    const names = byReal.get(real) ?? [];
+    if (!names.includes(abs)) names.push(abs);
+    byReal.set(real, names);
   };
 
   const walk = (dir: string, depth: number, seen: Set<string>) => {
@@ -664,17 +712,20 @@ export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "exclu
         continue;
       }
       const isDir = stat.isDirectory();
-      const isFile = stat.isFile();
+      const matches = patterns.some((g) => g.match(name));
       if (isDir) {
         if (depth >= cfg.maxDepth || SKIPPED_DIRS.has(name) || abs === cfg.outDir) continue;
         const real = fs.realpathSync(abs);
         if (seen.has(real)) {
-          problems.push({ stage: "discover", file: display(abs), message: "symbolic link loop: not followed" });
+          // a/b/up -> .. : its files are found through the folder it points to (issue 9).
+          notes.push({ stage: "discover", file: display(abs), message: `links to ${display(real)}, a folder this search is already in: not followed` });
           continue;
         }
         walk(abs, depth + 1, new Set(seen).add(real));
-      } else if (isFile && patterns.some((g) => g.match(name))) {
+      } else if (matches && stat.isFile()) {
         add(abs);
+      } else if (matches) {
+        notes.push({ stage: "discover", file: display(abs), message: `${kindOf(stat)}, not a pipeline file: skipped` });
       }
     }
   };
@@ -692,29 +743,80 @@ export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "exclu
     if (stat.isDirectory()) walk(abs, 1, new Set([fs.realpathSync(abs)]));
     else add(abs);
   }
-  const files = [...found.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  return { files, problems };
+
+  // A --function for a file this run does not compile would be silently ignored: refuse the run.
+  for (const [file, names] of cfg.functions) {
+    let real: string | undefined;
+    try {
+      real = fs.realpathSync(file);
+    } catch {
+      real = undefined;
+    }
+    if (!reached.has(file) && !(real && reached.has(real))) {
+      throw new UsageError(`--function ${display(file)}=${names.join(",")}: ${display(file)} is not one of the files this run found (${roots.join(", ")}; pattern ${patternTexts.join(", ")}, --max-depth ${cfg.maxDepth}): check the path, relative to the working directory`);
+    }
+  }
+
+  const files: PipelineFile[] = [];
+  for (const [real, names] of byReal) {
+    const [kept, ...others] = names.sort((a, b) => compare(display(a), display(b)));
+    for (const other of others) {
+      notes.push({ stage: "discover", file: display(other), message: `the same file as ${display(kept!)}, which is compiled instead (the first name in sorted order)` });
+    }
+    const functions = [...names, real].map((n) => cfg.functions.get(n)).find(Boolean) ?? functionMarker(real) ?? [undefined];
+    for (const functionName of functions) files.push({ path: display(kept!), abs: kept!, functionName, oneOfSeveral: functions.length > 1 || undefined });
+  }
+  if (files.length === 0 && problems.length === 0) {
+    notes.push({
+      stage: "discover",
+      message: `no file matching ${patternTexts.join(" or ")} in ${roots.map((r) => display(path.resolve(cfg.cwd, r)) || ".").join(", ")} (--max-depth ${cfg.maxDepth}${cfg.excludes.length ? `, --exclude ${cfg.excludes.join(", ")}` : ""})`,
+      hint: "name the files or folders, or change --pattern/--max-depth",
+    });
+  }
+  // Stable: by path, then the functions in the order they were given.
+  files.sort((a, b) => compare(a.path, b.path));
+  return { files, problems, notes };
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 // ─── 2. Compile ──────────────────────────────────────────────────────────────────────────────────
 
 /**
- * The Python side, in one place. It imports kfp once and then forks one child per pipeline file,
- * a few at a time: every compile starts from the same clean state (kfp keeps compile state in
- * globals, kubeflow/pipelines#7008) without paying the ~1 s kfp import per file. The selection
- * rule and the compile call are kfp's own (kfp.cli.compile_), so the YAML is byte-identical to
- * `kfp dsl compile --py FILE --output OUT`.
+ * The Python side, in one place. It imports kfp once and then forks one child per pipeline, a few
+ * at a time: every compile starts from the same clean state (kfp keeps compile state in globals,
+ * kubeflow/pipelines#7008) without paying the ~1 s kfp import per file. The selection rule and the
+ * compile call are kfp's own (kfp.cli.compile_), so the YAML is byte-identical to
+ * `kfp dsl compile --py FILE [--function NAME] --output OUT`.
  *
  * Protocol: after importing kfp it prints a "ready" event; then it reads one JSON request on
- * stdin and prints one "done" event per file. Events go to the original stdout, which nothing
- * else may use: a pipeline file's own prints go to a per-file log.
+ * stdin and prints one "done" event per job. Events go to the original stdout, which nothing
+ * else may use: a pipeline file's own prints go to a per-job log.
+ *
+ * Containment (issue 9): the driver and every compile child are child subreapers, so whatever a
+ * pipeline file starts stays below them even after setsid or a double fork; a child ends all of
+ * it before it exits, and the driver ends what a dead child left. A child dies with the driver
+ * (PR_SET_PDEATHSIG), and kfp-sync ends what is left below itself when the driver is gone.
  */
 export const COMPILE_DRIVER = String.raw`
-import json, os, signal, site, sys, sysconfig, time, traceback
+import sys
 
+# First, before any other import: python -c puts the working directory first on sys.path, and a
+# repository with types.py or json.py at its root would shadow the standard library (issue 16).
+# kfp dsl compile, a console script, never has it there.
 if sys.path and sys.path[0] == "":
-    del sys.path[0]  # python -c puts the working directory first; kfp dsl compile does not
+    del sys.path[0]
+import json, os, signal, site, sysconfig, time, traceback
+
 sys.dont_write_bytecode = True  # leave no __pycache__ in the user's checkout
+# Deterministic output (issue 16): the default upb protobuf iterates maps in an order seeded per
+# process, and kfp renames duplicated sub-pipeline components while iterating one, so a file
+# could compile to other bytes on every run (and add a version on every sync). The pure-python
+# protobuf keeps insertion order, which is one of the outputs kfp dsl compile gives. Its price
+# is CPU: a few per cent on small pipelines, ~35 % on large ones such as GCPC's (bench/README.md).
+os.environ["PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"] = "python"
 
 events = os.fdopen(os.dup(1), "w", buffering=1)
 os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
@@ -731,6 +833,45 @@ except BaseException as e:
     emit(event="fatal", error="%s: %s" % (type(e).__name__, e))
     sys.exit(3)
 
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+try:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    def prctl(option, value):
+        return libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0) == 0
+except (ImportError, OSError, AttributeError):  # not Linux, or a Python without ctypes: the process groups below still apply
+    def prctl(option, value):
+        return False
+prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+def children():
+    """This process's children (zombies too), from /proc; empty where there is no /proc."""
+    pids = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/children" % task) as f:
+                pids.update(int(pid) for pid in f.read().split())
+    except OSError:
+        pass
+    return pids
+
+def end_strays(keep=()):
+    """Kill and reap every child but keep: as a subreaper, that is all that is left of what a compile started."""
+    for _ in range(1000):
+        strays = children().difference(keep)
+        if not strays:
+            return
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in strays:
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+
 emit(event="ready", kfp=kfp.__version__, python=sys.version.split()[0])
 
 # Warm what every compile would otherwise import on its own, then keep the garbage collector off
@@ -738,6 +879,43 @@ emit(event="ready", kfp=kfp.__version__, python=sys.version.split()[0])
 import gc, inspect
 import google.protobuf.descriptor_pb2  # noqa: F401  (imported lazily by the first compile)
 inspect.stack()  # kfp calls it on set_cpu_limit & co.; the first call per process stats every module
+
+WARM_UP = """
+from kfp import dsl
+
+@dsl.component(base_image="python:3.11-slim")
+def step(n: int, data: dsl.Input[dsl.Dataset]) -> int:
+    return n
+
+@dsl.container_component
+def tool(text: str, out: dsl.Output[dsl.Artifact]):
+    return dsl.ContainerSpec(image="busybox", command=["echo"], args=[text, out.path])
+
+@dsl.pipeline(name="kfp-sync-warm-up")
+def pipeline(text: str = "a", n: int = 1):
+    made = tool(text=text).set_cpu_limit("1").set_memory_limit("1G").set_caching_options(False)
+    step(n=n, data=made.outputs["out"])
+"""
+
+def warm_up():
+    """One compile in the parent, the way a child compiles, so that each child starts with kfp's
+    lazy imports done and its caches filled instead of paying for them again (issue 16: speed).
+    Every child inherits the same state, so the output stays that of a fresh kfp dsl compile
+    (checked by the corpus parity test)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as folder:
+        source = os.path.join(folder, "kfp_sync_warm_up.py")
+        with open(source, "w") as f:
+            f.write(WARM_UP)
+        func = kfp_cli.collect_pipeline_or_component_func(python_file=source, function_name=None)
+        compiler.Compiler().compile(pipeline_func=func, pipeline_parameters={}, package_path=os.path.join(folder, "out.yaml"), type_check=True)
+        sys.modules.pop("kfp_sync_warm_up", None)
+        sys.path_importer_cache.pop(folder, None)
+
+try:
+    warm_up()
+except Exception:
+    pass  # only slower
 gc.freeze()
 
 # Frames in these folders are Python's or kfp's, not the user's: an error points at the user's line.
@@ -751,7 +929,11 @@ def where(e, job):
               if not f.filename.startswith("<") and not os.path.realpath(f.filename).startswith(LIBRARY_DIRS)]
     return (frames[-1].filename, frames[-1].lineno) if frames else (job["file"], None)
 
-def compile_one(job):
+def compile_one(job, driver):
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != driver:
+        os._exit(1)  # the driver died before the line above took effect
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     os.setpgid(0, 0)  # so a timeout also ends whatever the file started
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -782,9 +964,18 @@ def compile_one(job):
         sys.stderr.flush()
     except BaseException:
         pass
+    end_strays()
     with open(job["result"], "w") as f:
         json.dump(result, f)
     os._exit(0)
+
+def kill(pid):
+    """A compile child and its process group (what the file started and left in it)."""
+    for send in (os.killpg, os.kill):
+        try:
+            send(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 def outcome(job, status, started):
     ms = round((time.monotonic() - started) * 1000, 1)
@@ -802,14 +993,12 @@ def outcome(job, status, started):
 def main():
     request = json.loads(sys.stdin.read() or "{}")
     jobs, parallel, timeout = request.get("jobs", []), max(1, request.get("parallel", 1)), request.get("timeout", 120)
-    pending, running, parent = list(range(len(jobs))), {}, os.getppid()
+    pending, running, parent, me = list(range(len(jobs))), {}, os.getppid(), os.getpid()
 
     def stop(*_):
         for pid in running:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            kill(pid)
+        end_strays()
         os._exit(1)
 
     signal.signal(signal.SIGTERM, stop)
@@ -819,19 +1008,22 @@ def main():
             index = pending.pop(0)
             pid = os.fork()
             if pid == 0:
-                compile_one(jobs[index])
+                compile_one(jobs[index], me)
             try:
                 os.setpgid(pid, pid)  # also here: a kill may come before the child has run
             except OSError:
                 pass
             running[pid] = (index, time.monotonic())
         pid, status = os.waitpid(-1, os.WNOHANG)
+        if pid and pid not in running:
+            continue  # a stray end_strays had not reaped yet
         if pid:
             index, started = running.pop(pid)
             try:
                 os.killpg(pid, signal.SIGKILL)  # whatever the file started and left running
             except OSError:
                 pass
+            end_strays(keep=running)  # what escaped its group and outlived a child that died abruptly
             emit(event="done", index=index, **outcome(jobs[index], status, started))
             continue
         if os.getppid() != parent:
@@ -839,12 +1031,10 @@ def main():
         now = time.monotonic()
         for pid, (index, started) in list(running.items()):
             if now - started > timeout:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                kill(pid)
                 os.waitpid(pid, 0)
                 del running[pid]
+                end_strays(keep=running)
                 emit(event="done", index=index, ok=False, ms=round((now - started) * 1000, 1), error={
                     "type": "Timeout", "file": jobs[index]["file"], "line": None,
                     "message": "compile did not finish in %g s and was stopped (an endless loop or a hang at import?)" % timeout})
@@ -863,10 +1053,86 @@ interface DriverEvent {
   ms?: number;
 }
 
-/** Where a file's compiled YAML goes: its path mirrored under the out dir, `.py` → `.yaml`. */
+// Linux limits; the YAML is first written as NAME.<pid>.tmp.yaml (pid ≤ 4194304), which must fit too.
+const NAME_MAX = 255;
+const PATH_MAX = 4095;
+const TMP_SUFFIX_MAX = ".4194304.tmp.yaml".length;
+
+/** A name cut to `max` bytes at a character boundary, with a hash of the whole name: stable and unique. */
+function fitted(name: string, max: number): string {
+  if (Buffer.byteLength(name) <= max) return name;
+  const hash = createHash("sha256").update(name).digest("hex").slice(0, 16);
+  let cut = name.slice(0, max);
+  while (Buffer.byteLength(cut) > max - hash.length - 1) cut = cut.slice(0, -1);
+  return `${cut}-${hash}`;
+}
+
+/**
+ * Where a pipeline's compiled YAML goes: its file's path mirrored under the out dir, `.py` →
+ * `.yaml`, or `.<function>.yaml` when the file gives several pipelines. A name or path too long
+ * for the file system is shortened with a hash (issue 16: a 254-byte name crashed the run).
+ */
 export function outputPathFor(file: PipelineFile, cwd: string, outDir: string): string {
-  const rel = path.relative(cwd, file.abs).split(path.sep).map((part) => (part === ".." ? "__" : part)).join(path.sep);
-  return path.join(outDir, rel.replace(/\.py$/, "") + ".yaml");
+  const dirs = path.relative(cwd, file.abs).split(path.sep).map((part) => (part === ".." ? "__" : part));
+  const stem = dirs.pop()!.replace(/\.py$/, "") + (file.oneOfSeveral && file.functionName ? `.${file.functionName}` : "");
+  const name = `${fitted(stem, NAME_MAX - TMP_SUFFIX_MAX)}.yaml`;
+  const mirrored = path.join(outDir, ...dirs.map((d) => fitted(d, NAME_MAX)), name);
+  if (Buffer.byteLength(mirrored) + TMP_SUFFIX_MAX <= PATH_MAX) return mirrored;
+  // Too deep to mirror: one folder per source folder, named by its hash.
+  return path.join(outDir, `_deep-${createHash("sha256").update(dirs.join("/")).digest("hex").slice(0, 16)}`, name);
+}
+
+// What pipeline code must not see (issue 9): the run's credentials, by name and by value.
+const SECRET_VARIABLES = new Set(["KFP_TOKEN", "KFP_COOKIE", "NTFY_TOKEN", "NTFY_URL", "ACTIONS_RUNTIME_TOKEN", "GITHUB_TOKEN", "GITEA_TOKEN"]);
+
+/** The compile driver's environment: ours minus every variable that names or holds a secret. */
+export function driverEnv(env: Env, secrets: string[]): Record<string, string> {
+  const clean: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    if (value === undefined || SECRET_VARIABLES.has(name) || secrets.some((secret) => value.includes(secret))) continue;
+    clean[name] = value;
+  }
+  return clean;
+}
+
+/**
+ * Make kfp-sync a child subreaper (Linux prctl): what a compile started and the killed driver
+ * left behind is re-parented to us instead of init, so that endLeftovers can still find it.
+ */
+function adoptOrphans(): void {
+  try {
+    const libc = dlopen("libc.so.6", { prctl: { args: [FFIType.i32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64], returns: FFIType.i32 } });
+    libc.symbols.prctl(36 /* PR_SET_CHILD_SUBREAPER */, 1n, 0n, 0n, 0n);
+  } catch {
+    // Not Linux or no glibc: the driver's own containment still applies.
+  }
+}
+
+/** Kill every process still below kfp-sync once the driver is gone (nothing else of ours runs then). */
+function endLeftovers(): void {
+  const me = String(process.pid);
+  for (let round = 0; round < 100; round++) {
+    let alive = 0;
+    for (const entry of fs.readdirSync("/proc", { withFileTypes: false }) as string[]) {
+      if (!/^\d+$/.test(entry)) continue;
+      let fields: string[];
+      try {
+        const stat = fs.readFileSync(`/proc/${entry}/stat`, "latin1");
+        fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      } catch {
+        continue;
+      }
+      if (fields[1] !== me || fields[0] === "Z") continue;
+      alive++;
+      try {
+        process.kill(Number(entry), "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+    if (alive === 0) return;
+    Bun.sleepSync(2);
+  }
 }
 
 async function* lines(stream: ReadableStream<Uint8Array>): AsyncGenerator<string> {
@@ -893,12 +1159,17 @@ export const running = { driver: undefined as Bun.Subprocess | undefined, stoppi
 
 export async function compileAll(
   files: PipelineFile[],
-  cfg: Pick<Config, "cwd" | "outDir" | "python" | "kfpVersion" | "jobs" | "timeoutSec">,
+  cfg: Pick<Config, "cwd" | "outDir" | "python" | "kfpVersion" | "jobs" | "timeoutSec" | "secrets">,
   onResult: (result: CompileResult) => void = () => {},
 ): Promise<CompileRun> {
+  if (running.stopping) {
+    // A signal during the steps before (e.g. the Gitea lookup) is acted on now, not after compiling (issue 9).
+    return { results: files.map((file) => ({ ok: false, file, ms: 0, problem: { stage: "compile", file: file.path, message: "not compiled: the run was interrupted" } })) };
+  }
+  adoptOrphans();
   let driver: Bun.Subprocess<"pipe", "pipe", "pipe">;
   try {
-    driver = Bun.spawn([cfg.python, "-c", COMPILE_DRIVER], { cwd: cfg.cwd, stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    driver = Bun.spawn([cfg.python, "-c", COMPILE_DRIVER], { cwd: cfg.cwd, env: driverEnv(process.env as Env, cfg.secrets), stdin: "pipe", stdout: "pipe", stderr: "pipe" });
   } catch (error) {
     throw new UsageError(`cannot run Python "${cfg.python}": ${(error as Error).message}. Install Python 3 or point --python/KFP_SYNC_PYTHON at one`, { cause: error });
   }
@@ -948,6 +1219,7 @@ export async function compileAll(
     if (driver.exitCode === null) driver.kill("SIGTERM");
     await driver.exited;
     running.driver = undefined;
+    endLeftovers(); // a driver killed with -9 ends nothing itself
     for (const job of jobs) {
       try {
         fs.rmSync(job.output, { force: true }); // what a failed compile left of claimOutput's file
@@ -1858,7 +2130,7 @@ export function fitList(items: string[], budget: number | ((text: string) => boo
 
 export function buildNotification(summary: Summary, topic: string, repository?: string, uiUrl?: string): Notification {
   const c = summary.counts;
-  const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? p.file));
+  const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? pipelineLabel(p)));
   const what = repository ? `${repository}: ` : "";
   const title = summary.interrupted
     ? `${what}kfp-sync interrupted (${summary.interrupted})`
@@ -1987,7 +2259,7 @@ function outputEntry(name: string, value: string): string {
 }
 
 export function actionsOutputs(summary: Summary): string {
-  const failed = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? p.file));
+  const failed = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? pipelineLabel(p)));
   return [
     outputEntry("compiled", String(summary.counts.compiled)),
     outputEntry("uploaded", String(summary.counts.uploaded)),
@@ -2092,10 +2364,10 @@ export interface RunState {
 export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Promise<Summary> {
   const started = performance.now();
   const reports = new Map<string, PipelineReport>(); // by file; each stage fills in its part
-  const files = findStage(cfg, log, reports);
-  const compiled = await compileStage(files, cfg, log, reports);
+  const found = findStage(cfg, log, reports);
+  const compiled = await compileStage(found.files, cfg, log, reports);
   const server = await uploadStage(compiled, cfg, log, reports, state);
-  const summary = summarize(cfg, compiled.kfp, server, reports, state);
+  const summary = summarize(cfg, compiled.kfp, server, reports, state, found.notes);
   summary.problems.push(...compiled.unkept);
   await notifyStage(summary, cfg, env, log, state);
   summary.interrupted = state.signal; // a signal during notify counts too
@@ -2103,20 +2375,28 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
   return summary;
 }
 
-function findStage(cfg: Config, log: Log, reports: Map<string, PipelineReport>): PipelineFile[] {
+function findStage(cfg: Config, log: Log, reports: Map<string, PipelineReport>): Discovery {
   const found = discover(cfg);
   for (const p of found.problems) {
     log.error(`${shown(p.file!)}: ${p.message}`);
     reports.set(p.file!, { file: p.file!, status: "failed", error: p, timings: {} });
   }
-  log.info(`found ${found.files.length} pipeline file${found.files.length === 1 ? "" : "s"}${found.problems.length ? `, ${found.problems.length} unreadable` : ""}`);
-  return found.files;
+  for (const n of found.notes) log.warn(n.file ? `${shown(n.file)}: ${n.message}` : n.message);
+  const files = new Set(found.files.map((f) => f.path)).size;
+  const several = files < found.files.length ? ` (${found.files.length} pipelines)` : "";
+  log.info(`found ${files} pipeline file${files === 1 ? "" : "s"}${several}${found.problems.length ? `, ${found.problems.length} unreadable` : ""}`);
+  return found;
+}
+
+/** A pipeline's key in the run's reports: its file, and its function when one was chosen. */
+function reportKey(file: PipelineFile): string {
+  return pipelineLabel({ file: file.path, function: file.functionName });
 }
 
 async function compileStage(files: PipelineFile[], cfg: Config, log: Log, reports: Map<string, PipelineReport>): Promise<CompileRun & { unkept: Problem[] }> {
   const compiled = await compileAll(files, cfg, (r) => {
     if (r.ok) log.success(`${shown(r.file.path)} → ${shown(r.irName)} (${Math.round(r.ms)} ms)`);
-    else log.error(`${shown(r.problem.file ?? r.file.path)}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.problem.message}`);
+    else log.error(`${shown(r.problem.file ?? r.file.path)}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.file.functionName ? `${r.file.functionName}: ` : ""}${r.problem.message}`);
   });
   // An out dir that cannot be written fails a real run's pipelines; a dry run keeps no YAML anyway.
   const unkept: Problem[] = [];
@@ -2133,11 +2413,12 @@ async function compileStage(files: PipelineFile[], cfg: Config, log: Log, report
     return { ok: false, file: r.file, ms: r.ms, problem: { stage: "compile", file: r.file.path, message, hint } };
   });
   for (const r of compiled.results) {
+    const fn = r.file.functionName;
     reports.set(
-      r.file.path,
+      reportKey(r.file),
       r.ok
-        ? { file: r.file.path, name: r.irName, output: r.notKept ? undefined : path.relative(cfg.cwd, r.output) || r.output, status: "compiled", timings: { compileMs: r.ms } }
-        : { file: r.file.path, status: "failed", error: r.problem, timings: { compileMs: r.ms } },
+        ? { file: r.file.path, function: fn, name: r.irName, output: r.notKept ? undefined : path.relative(cfg.cwd, r.output) || r.output, status: "compiled", timings: { compileMs: r.ms } }
+        : { file: r.file.path, function: fn, status: "failed", error: r.problem, timings: { compileMs: r.ms } },
     );
   }
   return { ...compiled, unkept };
@@ -2150,7 +2431,7 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     return undefined;
   }
   const failAll = (message: string) => {
-    for (const spec of specs) Object.assign(reports.get(spec.file.path)!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
+    for (const spec of specs) Object.assign(reports.get(reportKey(spec.file))!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
   };
   if (specs.length === 0) return undefined;
   if (state.stopped) {
@@ -2192,18 +2473,20 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
     describe: (spec) =>
       [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${spec.fingerprint}`].filter(Boolean).join(" · "),
   };
-  const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? nameFromFile(spec.file.path) : spec.irName }));
+  // With several pipelines from one file, the file's name alone would name them all alike.
+  const fileName = (f: PipelineFile) => nameFromFile(f.oneOfSeveral ? `${f.path.replace(/\.py$/, "")}-${f.functionName}` : f.path);
+  const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? fileName(spec.file) : spec.irName }));
   // Two files with one pipeline name would take turns versioning it: refuse both, name the other.
   const filesByName = Map.groupBy(named, (n) => n.name);
   const clashing = named.filter((n) => filesByName.get(n.name)!.length > 1);
   for (const { spec, name } of clashing) {
-    const others = filesByName.get(name)!.filter((o) => o.spec !== spec).map((o) => o.spec.file.path);
+    const others = filesByName.get(name)!.filter((o) => o.spec !== spec).map((o) => reportKey(o.spec.file));
     const message = `pipeline name "${shown(name)}" is also the name of ${others.map(shown).join(", ")}: give each pipeline its own name (@dsl.pipeline(name=...))`;
-    Object.assign(reports.get(spec.file.path)!, { name, action: "failed", error: { stage: "upload", file: spec.file.path, message } });
+    Object.assign(reports.get(reportKey(spec.file))!, { name, action: "failed", error: { stage: "upload", file: spec.file.path, message } });
     log.error(`${shown(spec.file.path)}: ${message}`);
   }
   const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
-    const report = reports.get(spec.file.path)!;
+    const report = reports.get(reportKey(spec.file))!;
     const { pipelineName: name, action, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
     Object.assign(report, { name, action, plan, pipelineId, versionId, versionName, url, error });
     report.timings.uploadMs = Math.round(ms);
@@ -2216,7 +2499,7 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
   return server;
 }
 
-function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"], reports: Map<string, PipelineReport>, state: RunState): Summary {
+function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"], reports: Map<string, PipelineReport>, state: RunState, notes: Problem[]): Summary {
   const pipelines = [...reports.values()].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
   return {
     schemaVersion: SUMMARY_SCHEMA_VERSION,
@@ -2230,6 +2513,7 @@ function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"
     counts: countsOf(pipelines),
     pipelines,
     problems: pipelines.flatMap((p) => (p.error ? [p.error] : [])),
+    notes: notes.length > 0 ? notes : undefined,
     interrupted: state.signal,
     durationMs: 0,
   };

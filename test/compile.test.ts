@@ -2,7 +2,8 @@
 import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { EXAMPLES, FIXTURES, ROOT, kfpDslCompile, processesIn, run, scratch } from "./helpers";
+import { BIN, EXAMPLES, FIXTURES, ROOT, cleanEnv, examplesCopy, kfpDslCompile, processesIn, run, scratch } from "./helpers";
+import { startKfpServer } from "./kfp-server";
 
 const TRICKY = path.join(FIXTURES, "tricky");
 const BAD = path.join(FIXTURES, "bad");
@@ -176,5 +177,223 @@ describe("compile: Python and kfp", () => {
     const other = await run(["--dry-run", "--out-dir", scratch()], { cwd: EXAMPLES, env: { KFP_SYNC_KFP_VERSION: "2.16.0" } });
     expect(other.code).toBe(2);
     expect(other.stderr).toContain("has kfp 2.17.3, but 2.16.0 is pinned");
+  });
+});
+
+describe("compile: every pipeline of a file", () => {
+  const TWO = { from: path.join(TRICKY, "two_pipelines_pipeline.py") };
+
+  test("--function FILE=NAME repeated: each pipeline to <file>.<function>.yaml, byte-identical to kfp dsl compile --function", async () => {
+    const dir = scratch({ "two_pipelines_pipeline.py": TWO });
+    const out = scratch();
+    const r = await run(["--dry-run", "--out-dir", out, "--function", "two_pipelines_pipeline.py=second_pipeline", "--function", "two_pipelines_pipeline.py=first_pipeline"], { cwd: dir });
+    expect(r.code).toBe(0);
+    const s = r.json();
+    expect(s.counts).toMatchObject({ found: 2, compiled: 2, failed: 0 });
+    expect(s.pipelines.map((p) => [p.file, p.function, p.name, path.relative(out, path.resolve(dir, p.output))])).toEqual([
+      ["two_pipelines_pipeline.py", "second_pipeline", "second-pipeline", "two_pipelines_pipeline.second_pipeline.yaml"],
+      ["two_pipelines_pipeline.py", "first_pipeline", "first-pipeline", "two_pipelines_pipeline.first_pipeline.yaml"],
+    ]);
+    for (const p of s.pipelines) {
+      const ref = await kfpDslCompile(path.join(dir, p.file), ["--function", p.function]);
+      expect(fs.readFileSync(path.resolve(dir, p.output), "utf8")).toBe(ref.yaml!);
+    }
+    expect(r.stderr).toContain("found 1 pipeline file (2 pipelines)");
+  });
+
+  test("a '# kfp-sync: function=A,B' line; a function the file lacks fails alone, with kfp's message", async () => {
+    const src = fs.readFileSync(TWO.from, "utf8");
+    const dir = scratch({ "two_pipelines_pipeline.py": `${src}\n# kfp-sync: function=first_pipeline, second_pipeline,third_pipeline\n` });
+    const r = await run(["--dry-run", "--out-dir", scratch()], { cwd: dir });
+    expect(r.code).toBe(1);
+    const s = r.json();
+    expect(s.pipelines.map((p) => [p.function, p.status, p.name])).toEqual([
+      ["first_pipeline", "compiled", "first-pipeline"],
+      ["second_pipeline", "compiled", "second-pipeline"],
+      ["third_pipeline", "failed", undefined],
+    ]);
+    expect(s.pipelines[2]!.error.message).toContain("third_pipeline");
+    expect(r.stderr).toContain("two_pipelines_pipeline.py: third_pipeline: ");
+  });
+
+  test("each pipeline of a file is uploaded as its own pipeline, and a re-sync writes nothing", async () => {
+    const server = await startKfpServer();
+    try {
+      const dir = scratch({ "two_pipelines_pipeline.py": TWO });
+      const args = ["--host", server.url, "--out-dir", path.join(dir, ".out"), "--function", "two_pipelines_pipeline.py=first_pipeline", "--function", "two_pipelines_pipeline.py=second_pipeline"];
+      const first = await run(args, { cwd: dir });
+      expect(first.code).toBe(0);
+      expect(first.json().pipelines.map((p) => [p.function, p.name, p.action])).toEqual([
+        ["first_pipeline", "first-pipeline", "created"],
+        ["second_pipeline", "second-pipeline", "created"],
+      ]);
+      expect(server.state().pipelines.map((p) => p.name).sort()).toEqual(["first-pipeline", "second-pipeline"]);
+      const writes = server.requests.filter((q) => q.method !== "GET").length;
+      const second = await run(args, { cwd: dir });
+      expect(second.json().pipelines.map((p) => p.action)).toEqual(["unchanged", "unchanged"]);
+      expect(server.requests.filter((q) => q.method !== "GET").length).toBe(writes);
+      // Named after the file, each still gets its own name: the file's and the function's.
+      const byFile = await run([...args, "--name-from", "file"], { cwd: dir });
+      expect(byFile.code).toBe(0);
+      expect(byFile.json().pipelines.map((p) => [p.name, p.action])).toEqual([
+        ["two-pipelines-pipeline-first-pipeline", "created"],
+        ["two-pipelines-pipeline-second-pipeline", "created"],
+      ]);
+    } finally {
+      server.stop();
+    }
+  });
+});
+
+describe("compile: the same bytes on every run", () => {
+  test("a dict default, which kfp dsl compile writes in per-process key order: three runs, one output, one of kfp's", async () => {
+    const dir = scratch({ "dict_default_pipeline.py": { from: path.join(FIXTURES, "nondeterministic/dict_default_pipeline.py") } });
+    const outputs = new Set<string>();
+    for (let i = 0; i < 3; i++) {
+      const out = scratch();
+      const r = await run(["--dry-run", "--out-dir", out], { cwd: dir });
+      expect(r.code).toBe(0);
+      outputs.add(fs.readFileSync(path.join(out, "dict_default_pipeline.yaml"), "utf8"));
+    }
+    expect(outputs.size).toBe(1);
+    const pure = await kfpDslCompile(path.join(dir, "dict_default_pipeline.py"), [], { PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION: "python" });
+    expect([...outputs][0]).toBe(pure.yaml!);
+  });
+});
+
+describe("compile: the repository around the file", () => {
+  test("types.py, json.py and enum.py at the root do not shadow the standard library, as under kfp dsl compile", async () => {
+    const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
+    const dir = scratch({ "types.py": "class Dataset:\n    pass\n", "json.py": "# the repository's own\n", "enum.py": "RED = 1\n", "evaluation_pipeline.py": src });
+    const out = scratch();
+    const r = await run(["--dry-run", "--out-dir", out], { cwd: dir });
+    expect(r.code).toBe(0);
+    const ref = await kfpDslCompile(path.join(dir, "evaluation_pipeline.py"));
+    expect(ref.code).toBe(0);
+    expect(fs.readFileSync(path.join(out, "evaluation_pipeline.yaml"), "utf8")).toBe(ref.yaml!);
+  });
+
+  test("a file name too long for an output name compiles to a shortened, stable, unique one", async () => {
+    const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
+    // 254 bytes each: "<name>.yaml" would be 256, and they differ only after the cut.
+    const a = `${"x".repeat(230)}${"a".repeat(12)}_pipeline.py`;
+    const b = `${"x".repeat(230)}${"b".repeat(12)}_pipeline.py`;
+    expect(Buffer.byteLength(a)).toBe(254);
+    const dir = scratch({ [a]: src, [b]: src.replace('name="model-evaluation"', 'name="model-evaluation-b"') });
+    const outputs: string[][] = [];
+    for (let i = 0; i < 2; i++) {
+      const out = scratch();
+      const r = await run(["--dry-run", "--out-dir", out], { cwd: dir });
+      expect(r.code).toBe(0);
+      const s = r.json();
+      expect(s.counts).toMatchObject({ compiled: 2, failed: 0 });
+      outputs.push(s.pipelines.map((p) => path.relative(out, path.resolve(dir, p.output))));
+      for (const p of s.pipelines) expect(fs.existsSync(path.resolve(dir, p.output))).toBe(true);
+    }
+    expect(outputs[0]).toEqual(outputs[1]!);
+    expect(new Set(outputs[0]).size).toBe(2);
+    for (const name of outputs[0]!) expect(Buffer.byteLength(name)).toBeLessThanOrEqual(255);
+  });
+
+  test("pipeline code sees none of the run's secrets in its environment", async () => {
+    const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
+    const dir = scratch({ "env_pipeline.py": `import json, os\nwith open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "seen.json"), "w") as f:\n    json.dump(dict(os.environ), f)\n${src}` });
+    const secrets = { KFP_TOKEN: "kfp-token-1111", KFP_COOKIE: "authservice_session=cookie-2222", NTFY_TOKEN: "tk_ntfytoken3333", NTFY_URL: "http://127.0.0.1:9/ci?auth=authparam4444", DEPLOY_KEY: "flag-token-5555" };
+    const r = await run(["--dry-run", "--out-dir", scratch(), "--token", "flag-token-5555"], { cwd: dir, env: { ...secrets, KEEP_ME: "visible" } });
+    expect(r.code).toBe(0);
+    const seenText = fs.readFileSync(path.join(dir, "seen.json"), "utf8");
+    const seen = JSON.parse(seenText) as Record<string, string>;
+    expect(seen.KEEP_ME).toBe("visible"); // the file did read its environment
+    for (const name of ["KFP_TOKEN", "KFP_COOKIE", "NTFY_TOKEN", "NTFY_URL", "DEPLOY_KEY"]) expect(Object.keys(seen)).not.toContain(name);
+    for (const value of ["kfp-token-1111", "cookie-2222", "ntfytoken3333", "authparam4444", "flag-token-5555"]) expect(seenText).not.toContain(value);
+  });
+});
+
+/** Children of a process, from /proc. */
+function childrenOf(pid: number): number[] {
+  const kids: number[] = [];
+  for (const entry of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, "latin1");
+      if (stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1] === String(pid)) kids.push(Number(entry));
+    } catch {
+      // gone
+    }
+  }
+  return kids;
+}
+
+/** Processes left in dir once the run is over: a SIGKILL lands at once, but a dying process lingers a moment. */
+async function leftIn(dir: string): Promise<number[]> {
+  for (let i = 0; i < 50 && processesIn(dir).length > 0; i++) await Bun.sleep(100);
+  return processesIn(dir);
+}
+
+// Started by a pipeline file in every way that leaves its process group: its own session, setsid(1), a double fork.
+const ESCAPES = `import os, subprocess
+subprocess.Popen(["sleep", "300"], start_new_session=True)
+subprocess.Popen(["setsid", "sleep", "301"])
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", "302"])
+    os._exit(0)
+`;
+
+describe("compile: nothing a pipeline file starts outlives the run", () => {
+  test("setsid, a new session and a double fork, from a good file and from one that times out", async () => {
+    const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
+    const dir = scratch({ "good_pipeline.py": `${ESCAPES}${src}`, "spin_pipeline.py": `${ESCAPES}while True:\n    pass\n` });
+    const r = await run(["--dry-run", "--out-dir", scratch(), "--timeout", "5"], { cwd: dir });
+    expect(r.code).toBe(1);
+    const byFile = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p]));
+    expect(byFile["good_pipeline.py"]!.status).toBe("compiled");
+    expect(byFile["spin_pipeline.py"]!.error.message).toContain("did not finish in 5 s");
+    expect(await leftIn(dir)).toEqual([]);
+  });
+
+  test("kill -9 of the compile driver: its children and what they started end too, no .tmp.yaml is left", async () => {
+    const dir = scratch({ "hang_pipeline.py": `${ESCAPES}open("started", "w").close()\nimport time\ntime.sleep(120)\n` });
+    const out = scratch();
+    const proc = Bun.spawn([BIN, "--dry-run", "--out-dir", out], { cwd: dir, env: cleanEnv(), stdout: "pipe", stderr: "pipe" });
+    const stdout = new Response(proc.stdout).text();
+    while (!fs.existsSync(path.join(dir, "started"))) await Bun.sleep(50);
+    const driver = childrenOf(proc.pid);
+    expect(driver.length).toBe(1);
+    expect(fs.readFileSync(`/proc/${driver[0]}/cmdline`, "latin1")).toContain("\0-c\0");
+    process.kill(driver[0]!, "SIGKILL");
+    expect(await proc.exited).toBe(1);
+    const s = JSON.parse(await stdout);
+    expect(s.pipelines[0].error.message).toContain("the compile driver ended early");
+    expect(await leftIn(dir)).toEqual([]);
+    expect(fs.readdirSync(out, { recursive: true }).filter((f) => String(f).endsWith(".tmp.yaml"))).toEqual([]);
+  });
+
+  test("a signal during the steps before compiling (the Gitea version lookup) is acted on before compiling", async () => {
+    let asked!: () => void;
+    const lookup = new Promise<void>((resolve) => (asked = resolve));
+    const gitea = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => (asked(), new Promise<Response>(() => {})) });
+    try {
+      const dir = examplesCopy();
+      const out = scratch();
+      const proc = Bun.spawn([BIN, "--dry-run", "--host", "http://127.0.0.1:9", "--out-dir", out], {
+        cwd: dir,
+        env: cleanEnv({ GITEA_ACTIONS: "true", GITHUB_SERVER_URL: gitea.url.href, GITHUB_REPOSITORY: "team/pipelines", GITHUB_RUN_ID: "7" }),
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const stdout = new Response(proc.stdout).text();
+      await lookup;
+      proc.kill("SIGTERM");
+      expect(await proc.exited).toBe(143);
+      const s = JSON.parse(await stdout);
+      expect(s.interrupted).toBe("SIGTERM");
+      expect(s.counts).toMatchObject({ found: 6, compiled: 0 });
+      for (const p of s.pipelines) expect(p.error.message).toBe("not compiled: the run was interrupted");
+      expect(fs.readdirSync(out)).toEqual([]);
+    } finally {
+      gitea.stop(true);
+    }
   });
 });

@@ -64,9 +64,9 @@ export function examplesCopy(): string {
 }
 
 /** What `kfp dsl compile --py FILE --output OUT` writes, for parity checks. */
-export async function kfpDslCompile(file: string, extra: string[] = []): Promise<{ code: number; yaml?: string; stderr: string }> {
+export async function kfpDslCompile(file: string, extra: string[] = [], env: Record<string, string> = {}): Promise<{ code: number; yaml?: string; stderr: string }> {
   const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), "kfp-ref-")), "out.yaml");
-  const proc = Bun.spawn([KFP_CLI, "dsl", "compile", "--py", file, "--output", out, ...extra], { cwd: path.dirname(file), stdout: "pipe", stderr: "pipe", env: cleanEnv() });
+  const proc = Bun.spawn([KFP_CLI, "dsl", "compile", "--py", file, "--output", out, ...extra], { cwd: path.dirname(file), stdout: "pipe", stderr: "pipe", env: cleanEnv(env) });
   const stderr = await new Response(proc.stderr).text();
   const code = await proc.exited;
   return { code, yaml: fs.existsSync(out) ? fs.readFileSync(out, "utf8") : undefined, stderr };

@@ -135,7 +135,7 @@ describe("workflows: compile-upload uses what kfp-sync offers", () => {
     const ci = readYaml(CI);
     expect(Object.keys(ci.on).sort()).toEqual(["pull_request", "push"]);
     const uses = (ci.jobs.test.steps as any[]).map((s) => s.uses?.split("@")[0]).filter(Boolean);
-    expect(uses).toEqual(["actions/checkout", "actions/setup-node", "actions/setup-python", "actions/setup-go"]);
+    expect(uses).toEqual(["actions/checkout", "actions/setup-node", "actions/setup-python", "actions/setup-go", "actions/cache"]);
     expect(ci.jobs.test.steps.find((s: any) => s.uses?.startsWith("actions/setup-python")).with["python-version"]).toBe("3.11");
     expect(ci.jobs.test.steps.at(-1).run).toBe("npm test");
     expect(ci.jobs.binaries.needs).toBe("test");
