@@ -57,7 +57,7 @@ describe("cli", () => {
     const r = await run(["--dry-run", "--out-dir", out, "--version-tag", "v20260213-143022"], { cwd: EXAMPLES, env: { GITHUB_SHA: "0123456789abcdef0123456789abcdef01234567" } });
     expect(r.code).toBe(0);
     const s = r.json();
-    expect(s.schemaVersion).toBe(1);
+    expect(s.schemaVersion).toBe(2);
     expect(s.tool).toEqual({ name: "kfp-sync", version: pkg.version });
     expect(s.kfp.sdk).toBe("2.17.3");
     expect(s.dryRun).toBe(true);
@@ -66,8 +66,8 @@ describe("cli", () => {
     expect(s.counts).toEqual({ found: 6, compiled: 6, uploaded: 0, created: 0, versioned: 0, unchanged: 0, failed: 0 });
     expect(typeof s.durationMs).toBe("number");
     for (const p of s.pipelines) {
-      expect(Object.keys(p).sort()).toEqual(["file", "name", "output", "status", "timings"]);
-      expect(p.status).toBe("compiled");
+      expect(Object.keys(p).sort()).toEqual(["file", "name", "output", "state", "timings"]);
+      expect(p.state).toBe("compiled");
       expect(p.name).toMatch(/^[a-z0-9][a-z0-9-]*$/);
       expect(fs.existsSync(path.join(out, path.basename(p.output)))).toBe(true);
       expect(p.timings.compileMs).toBeGreaterThan(0);

@@ -94,7 +94,7 @@ describe("compile: bad files are reported per file, the rest still compiles", ()
     for (const [file, [line, text]] of Object.entries(expected)) {
       const p = byFile[file]!;
       expect(p, file).toBeDefined();
-      expect(p.status, file).toBe("failed");
+      expect(p.state, file).toBe("failed");
       expect(p.error.stage).toBe("compile");
       expect(p.error.message, file).toContain(text);
       expect(p.error.message, file).not.toContain("\n");
@@ -103,8 +103,8 @@ describe("compile: bad files are reported per file, the rest still compiles", ()
       // And the log says where, as an editor or CI can jump to it.
       expect(r.stderr).toContain(line ? `test/fixtures/bad/${file}:${line}: ` : `test/fixtures/bad/${file}: `);
     }
-    for (const file of compiles) expect(byFile[file]!.status, file).toBe("compiled");
-    expect(byFile["evaluation_pipeline.py"]!.status).toBe("compiled");
+    for (const file of compiles) expect(byFile[file]!.state, file).toBe("compiled");
+    expect(byFile["evaluation_pipeline.py"]!.state).toBe("compiled");
     expect(summary.counts.failed).toBe(Object.keys(expected).length);
     expect(summary.counts.compiled).toBe(compiles.length + 1);
     // A file printing megabytes does not leak into our stdout or the log.
@@ -207,7 +207,7 @@ describe("compile: every pipeline of a file", () => {
     const r = await run(["--dry-run", "--out-dir", scratch()], { cwd: dir });
     expect(r.code).toBe(1);
     const s = r.json();
-    expect(s.pipelines.map((p) => [p.function, p.status, p.name])).toEqual([
+    expect(s.pipelines.map((p) => [p.function, p.state, p.name])).toEqual([
       ["first_pipeline", "compiled", "first-pipeline"],
       ["second_pipeline", "compiled", "second-pipeline"],
       ["third_pipeline", "failed", undefined],
@@ -223,19 +223,19 @@ describe("compile: every pipeline of a file", () => {
       const args = ["--host", server.url, "--out-dir", path.join(dir, ".out"), "--function", "two_pipelines_pipeline.py=first_pipeline", "--function", "two_pipelines_pipeline.py=second_pipeline"];
       const first = await run(args, { cwd: dir });
       expect(first.code).toBe(0);
-      expect(first.json().pipelines.map((p) => [p.function, p.name, p.action])).toEqual([
+      expect(first.json().pipelines.map((p) => [p.function, p.name, p.state])).toEqual([
         ["first_pipeline", "first-pipeline", "created"],
         ["second_pipeline", "second-pipeline", "created"],
       ]);
       expect(server.state().pipelines.map((p) => p.name).sort()).toEqual(["first-pipeline", "second-pipeline"]);
       const writes = server.requests.filter((q) => q.method !== "GET").length;
       const second = await run(args, { cwd: dir });
-      expect(second.json().pipelines.map((p) => p.action)).toEqual(["unchanged", "unchanged"]);
+      expect(second.json().pipelines.map((p) => p.state)).toEqual(["unchanged", "unchanged"]);
       expect(server.requests.filter((q) => q.method !== "GET").length).toBe(writes);
       // Named after the file, each still gets its own name: the file's and the function's.
       const byFile = await run([...args, "--name-from", "file"], { cwd: dir });
       expect(byFile.code).toBe(0);
-      expect(byFile.json().pipelines.map((p) => [p.name, p.action])).toEqual([
+      expect(byFile.json().pipelines.map((p) => [p.name, p.state])).toEqual([
         ["two-pipelines-pipeline-first-pipeline", "created"],
         ["two-pipelines-pipeline-second-pipeline", "created"],
       ]);
@@ -348,7 +348,7 @@ describe("compile: nothing a pipeline file starts outlives the run", () => {
     const r = await run(["--dry-run", "--out-dir", scratch(), "--timeout", "5"], { cwd: dir });
     expect(r.code).toBe(1);
     const byFile = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p]));
-    expect(byFile["good_pipeline.py"]!.status).toBe("compiled");
+    expect(byFile["good_pipeline.py"]!.state).toBe("compiled");
     expect(byFile["spin_pipeline.py"]!.error.message).toContain("did not finish in 5 s");
     expect(await leftIn(dir)).toEqual([]);
   });

@@ -130,7 +130,7 @@ describe("answer size caps", () => {
       });
       expect(r.code).toBe(0); // ntfy is best effort
       const s = r.json();
-      expect(s.pipelines[0].action).toBe("created");
+      expect(s.pipelines[0].state).toBe("created");
       expect(s.problems.map((p: { message: string }) => p.message)).toEqual(["notification not sent: the answer was larger than 1 MiB"]);
       expect(endless.requests.map((q) => q.split(" ")[1])).toEqual(["/api/v1/version", "/"]);
       expect(endless.sent).toBeLessThan(2 * (1 * MiB + 32 * MiB));

@@ -299,7 +299,7 @@ describe("notify", () => {
       proxy.add({ method: "POST", times: 1, fault: { kind: "stall", ms: 60_000 } });
       const r = await interrupted({ NTFY_URL: `${proxy.url}/gitea-ci` }, () => proxy.injected.length === 1);
       expect(r.code).toBe(143);
-      expect(r.summary.pipelines[0]!.action).toBe("created");
+      expect(r.summary.pipelines[0]!.state).toBe("created");
       expect(ntfy.published.map((n) => n.title)).toEqual(["ml/pipelines: kfp-sync interrupted (SIGTERM)"]);
       expect(r.stderr).toContain("that the run was interrupted");
       expect(r.stderr).not.toContain("cannot reach");
@@ -382,12 +382,12 @@ describe("notification content (pure)", () => {
   test("links too long for ntfy's 8,192-byte body: the counts still go out", () => {
     const runUrl = `https://gitea.example/a/b/actions/runs/1?${"x".repeat(3000)}`;
     const summary = {
-      schemaVersion: 1 as const,
+      schemaVersion: 2 as const,
       tool: { name: "kfp-sync" as const, version: "x" },
       dryRun: false,
       versionTag: "v1",
       counts: { found: 2, compiled: 1, uploaded: 1, created: 1, versioned: 0, unchanged: 0, failed: 1 },
-      pipelines: [{ file: "a_pipeline.py", status: "failed" as const, timings: {} }, { file: "b_pipeline.py", status: "compiled" as const, action: "created" as const, timings: {} }],
+      pipelines: [{ file: "a_pipeline.py", state: "failed" as const, timings: {} }, { file: "b_pipeline.py", state: "created" as const, timings: {} }],
       problems: [],
       durationMs: 1,
       runUrl,
@@ -402,10 +402,10 @@ describe("notification content (pure)", () => {
   });
 
   test("a huge multi-byte failure list still fits 4,096 bytes", () => {
-    const pipelines = Array.from({ length: 500 }, (_, i) => ({ file: `${"é".repeat(40)}_${i}_pipeline.py`, status: "failed" as const, timings: {} }));
+    const pipelines = Array.from({ length: 500 }, (_, i) => ({ file: `${"é".repeat(40)}_${i}_pipeline.py`, state: "failed" as const, timings: {} }));
     const note = buildNotification(
       {
-        schemaVersion: 1,
+        schemaVersion: 2,
         tool: { name: "kfp-sync", version: "x" },
         dryRun: false,
         versionTag: "v1",

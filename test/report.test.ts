@@ -49,7 +49,7 @@ describe("file names with newlines and control characters", () => {
     const r = await runWithOutputs(dir, ["--host", kfp.url]);
     expect(r.code).toBe(1);
     const s = r.json();
-    expect(s.pipelines.filter((p) => p.status === "failed").map((p) => p.file)).toEqual([EVIL, BELL]);
+    expect(s.pipelines.filter((p) => p.state === "failed").map((p) => p.file)).toEqual([EVIL, BELL]);
 
     const shownEvil = "evil\\n::error::pwned_pipeline.py";
     const shownBell = "tab\\tbell\\u0007\\u202e_pipeline.py";

@@ -49,7 +49,7 @@ describe("upload", () => {
     const state = await server.state();
     expect(state.pipelines.map((p) => p.name).sort()).toEqual(s1.pipelines.map((p) => p.name).sort());
     for (const p of s1.pipelines) {
-      expect(p.action).toBe("created");
+      expect(p.state).toBe("created");
       const version = state.versions.find((v) => v.pipeline_version_id === p.versionId)!;
       expect(version.pipeline_id).toBe(p.pipelineId);
       expect(p.url).toBe(`${server.url}/#/pipelines/details/${p.pipelineId}/version/${p.versionId}`);
@@ -69,7 +69,7 @@ describe("upload", () => {
     expect(third.code).toBe(0);
     const s3 = third.json();
     expect(s3.counts).toMatchObject({ versioned: 1, unchanged: 5, uploaded: 1 });
-    const versioned = s3.pipelines.find((p) => p.action === "versioned")!;
+    const versioned = s3.pipelines.find((p) => p.state === "versioned")!;
     expect(versioned.file).toBe("evaluation_pipeline.py");
     expect(versioned.versionName).toBe("v20260213-150000");
     const upload = writes(server).at(-1)!;
@@ -98,12 +98,12 @@ describe("upload", () => {
     expect(r.code).toBe(0);
     const plans = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p.plan]));
     expect(plans).toEqual({
-      "document_ingestion_pipeline.py": "would create",
-      "dvd_transcription_pipeline.py": "would create",
-      "evaluation_pipeline.py": "would add version",
-      "qlora_pdf_pipeline.py": "would create",
+      "document_ingestion_pipeline.py": "create",
+      "dvd_transcription_pipeline.py": "create",
+      "evaluation_pipeline.py": "version",
+      "qlora_pdf_pipeline.py": "create",
       "vllm_tuning_pipeline.py": "unchanged",
-      "voice_cloning_pipeline.py": "would create",
+      "voice_cloning_pipeline.py": "create",
     });
     expect(r.json().counts).toMatchObject({ uploaded: 0, created: 0, versioned: 0, unchanged: 1 });
     expect(server.requests.slice(before).map((q) => q.method)).toEqual(expect.arrayContaining(["GET"]));
@@ -117,7 +117,7 @@ describe("upload", () => {
     for (let i = 0; i < 4; i++) {
       const r = await sync(dir, server);
       expect(r.code).toBe(0);
-      expect(r.json().pipelines[0]!.action).toBe(i === 0 ? "created" : "unchanged");
+      expect(r.json().pipelines[0]!.state).toBe(i === 0 ? "created" : "unchanged");
       texts.add(fs.readFileSync(path.join(dir, ".out/dict_default_pipeline.yaml"), "utf8"));
     }
     expect(writes(server).length).toBe(1);
@@ -157,10 +157,10 @@ describe("upload", () => {
     const r = await sync(dir, server, ["--name-from", "file"]);
     expect(r.code).toBe(1);
     const byFile = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p]));
-    expect(byFile["huge_pipeline.py"].action).toBe("failed");
+    expect(byFile["huge_pipeline.py"].state).toBe("failed");
     expect(byFile["huge_pipeline.py"].error.message).toMatch(/compiled spec is 3\d\.\d MiB; the server accepts at most 32 MiB/);
     expect(byFile[long].error.message).toContain("the server allows 128");
-    expect(byFile["ok_pipeline.py"].action).toBe("created");
+    expect(byFile["ok_pipeline.py"].state).toBe("created");
     expect(writes(server).map((w) => w.query.name)).toEqual(["ok-pipeline"]);
   });
 });
@@ -188,7 +188,7 @@ describe("upload: auth, namespaces and server errors", () => {
       fs.writeFileSync(tokenFile, `${TOKEN}\n`);
       const fromFile = await sync(dir, server, ["evaluation_pipeline.py"], { KF_PIPELINES_SA_TOKEN_PATH: tokenFile });
       expect(fromFile.code).toBe(0);
-      expect(fromFile.json().pipelines[0]!.action).toBe("unchanged");
+      expect(fromFile.json().pipelines[0]!.state).toBe("unchanged");
       expect(fromFile.stderr).toContain(`token from ${tokenFile}`);
 
       const wrong = await sync(dir, server, ["evaluation_pipeline.py"], { KFP_TOKEN: "wrong-token-value" });
@@ -237,7 +237,7 @@ describe("upload: auth, namespaces and server errors", () => {
       expect((await server.state()).pipelines[0]!.namespace).toBe("team-a");
       touch(dir, "evaluation_pipeline.py");
       const v = await sync(dir, server, ["evaluation_pipeline.py", "--namespace", "team-a"], { KFP_TOKEN: "team-a-editor-token" });
-      expect(v.json().pipelines[0]!.action).toBe("versioned");
+      expect(v.json().pipelines[0]!.state).toBe("versioned");
     } finally {
       await server.stop();
     }
@@ -258,11 +258,11 @@ describe("upload: auth, namespaces and server errors", () => {
         const r = await sync(dir, server, ["evaluation_pipeline.py", "vllm_tuning_pipeline.py"]);
         expect(r.code, String(status)).toBe(1);
         const s = r.json();
-        const failed = s.pipelines.filter((p) => p.action === "failed");
+        const failed = s.pipelines.filter((p) => p.state === "failed");
         expect(failed.length, String(status)).toBe(1);
         expect(failed[0]!.error.message).toContain(text);
         expect(failed[0]!.error.message).toMatch(/create pipeline [a-z-]+: HTTP \d{3} — .+ \(.+\)/);
-        expect(s.pipelines.filter((p) => p.action === "created").length).toBe(1);
+        expect(s.pipelines.filter((p) => p.state === "created").length).toBe(1);
         expect((await server.state()).pipelines.length).toBe(1);
       }
       // 409 on create: someone else created it in between; we look again and carry on as a version.
@@ -272,7 +272,7 @@ describe("upload: auth, namespaces and server errors", () => {
       server.failNext(/GET \/apis\/v2beta1\/pipelines\/names\//, 404, 1);
       const raced = await sync(dir, server, ["evaluation_pipeline.py", "--version-tag", TAG]);
       expect(raced.code).toBe(0);
-      expect(raced.json().pipelines[0]!.action).toBe("versioned");
+      expect(raced.json().pipelines[0]!.state).toBe("versioned");
       // 409 on a version name that exists with another spec: reported, nothing overwritten.
       touch(dir, "evaluation_pipeline.py");
       const clash = await sync(dir, server, ["evaluation_pipeline.py", "--version-tag", TAG]);
@@ -303,7 +303,7 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(r.code).toBe(0);
       expect(r.stderr).toMatch(/HTTP 503.*retrying in/);
       expect(r.stderr).toMatch(/HTTP 502.*retrying in/);
-      expect(r.json().pipelines[0]!.action).toBe("created");
+      expect(r.json().pipelines[0]!.state).toBe("created");
     } finally {
       await server.stop();
     }
@@ -319,7 +319,7 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(names.length).toBe(6);
       expect(new Set(names).size).toBe(6);
       expect((await server.state()).versions.length).toBe(6);
-      const actions = [...a.json().pipelines, ...b.json().pipelines].map((p) => p.action);
+      const actions = [...a.json().pipelines, ...b.json().pipelines].map((p) => p.state);
       expect(actions.filter((x) => x === "created").length).toBe(6);
       expect(actions.filter((x) => x === "unchanged").length).toBe(6);
     } finally {
@@ -356,7 +356,7 @@ def zeros(xs: List[int] = ${xs}, flag: str = ${flag}):
         if (i > 0) await Bun.sleep(1100);
         fs.writeFileSync(path.join(dir, "zeros_pipeline.py"), pipeline(xs, flag));
         const r = await sync(dir, server, ["--version-tag", `v2026010${i}-000000`]);
-        expect(r.json().pipelines[0]!.action, `${xs} ${flag}`).toBe(action);
+        expect(r.json().pipelines[0]!.state, `${xs} ${flag}`).toBe(action);
       }
     } finally {
       await server.stop();
@@ -375,7 +375,7 @@ test("two files with one pipeline name: both refused with the other named, the r
     const byFile = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p]));
     expect(byFile["a_pipeline.py"].error.message).toContain('pipeline name "params-defaults" is also the name of b_pipeline.py');
     expect(byFile["b_pipeline.py"].error.message).toContain("is also the name of a_pipeline.py");
-    expect(byFile["c_pipeline.py"].action).toBe("created");
+    expect(byFile["c_pipeline.py"].state).toBe("created");
     expect((await server.state()).pipelines.map((p) => p.name)).toEqual(["components-and-pipeline"]);
   } finally {
     await server.stop();
