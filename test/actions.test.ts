@@ -3,29 +3,8 @@ import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { runUrlFrom } from "../kfp-sync.ts";
-import { examplesCopy, run, scratch } from "./helpers";
+import { examplesCopy, parseOutputs, run, scratch } from "./helpers";
 import { startKfpServer } from "./kfp-server";
-
-/** Parse GITHUB_OUTPUT the way the runner does: `name=value` lines and `name<<DELIM` blocks. */
-function parseOutputs(text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!;
-    if (line === "") continue;
-    const heredoc = /^([^=<]+)<<(.+)$/.exec(line);
-    if (heredoc) {
-      const end = lines.indexOf(heredoc[2]!, i + 1);
-      expect(end).toBeGreaterThan(i);
-      out.set(heredoc[1]!, lines.slice(i + 1, end).join("\n"));
-      i = end;
-    } else {
-      const eq = line.indexOf("=");
-      out.set(line.slice(0, eq), line.slice(eq + 1));
-    }
-  }
-  return out;
-}
 
 describe("actions integration", () => {
   test("GITHUB_OUTPUT: exact names and values, multi-line values as name<<DELIMITER, UTF-8 without BOM", async () => {

@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { EXAMPLES, examplesCopy, run, scratch } from "./helpers";
+import { EXAMPLES, examplesCopy, parseOutputs, run, scratch } from "./helpers";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 import { startNtfyServer, type NtfyServer } from "./ntfy-server";
 
@@ -63,8 +63,7 @@ describe("file names with newlines and control characters", () => {
     expect(r.stepSummary).toContain(shownBell);
 
     // One name, one entry.
-    const failed = /failed_pipelines<<(\S+)\n([\s\S]*?)\n\1\n/.exec(r.outputs) ?? /failed_pipelines=(.*)\n/.exec(r.outputs);
-    expect(failed![failed!.length - 1]!.split("\n")).toEqual([shownEvil, shownBell]);
+    expect(parseOutputs(r.outputs).get("failed_pipelines")!.split("\n")).toEqual([shownEvil, shownBell]);
 
     const note = JSON.parse(r.notifications[0]!);
     expect(note.message).toContain(`failed: ${shownEvil}, ${shownBell}`);
