@@ -296,16 +296,18 @@ describe("compile: the repository around the file", () => {
   });
 
   test("pipeline code sees none of the run's secrets in its environment", async () => {
+    // ?auth= as ntfy reads it (base64url of "Bearer tk_authparam4444"): an unreadable one is refused before compiling.
+    const AUTH_PARAM = "QmVhcmVyIHRrX2F1dGhwYXJhbTQ0NDQ";
     const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
     const dir = scratch({ "env_pipeline.py": `import json, os\nwith open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "seen.json"), "w") as f:\n    json.dump(dict(os.environ), f)\n${src}` });
-    const secrets = { KFP_TOKEN: "kfp-token-1111", KFP_COOKIE: "authservice_session=cookie-2222", NTFY_TOKEN: "tk_ntfytoken3333", NTFY_URL: "http://127.0.0.1:9/ci?auth=authparam4444", DEPLOY_KEY: "flag-token-5555" };
+    const secrets = { KFP_TOKEN: "kfp-token-1111", KFP_COOKIE: "authservice_session=cookie-2222", NTFY_TOKEN: "tk_ntfytoken3333", NTFY_URL: `http://127.0.0.1:9/ci?auth=${AUTH_PARAM}`, DEPLOY_KEY: "flag-token-5555" };
     const r = await run(["--dry-run", "--out-dir", scratch(), "--token", "flag-token-5555"], { cwd: dir, env: { ...secrets, KEEP_ME: "visible" } });
     expect(r.code).toBe(0);
     const seenText = fs.readFileSync(path.join(dir, "seen.json"), "utf8");
     const seen = JSON.parse(seenText) as Record<string, string>;
     expect(seen.KEEP_ME).toBe("visible"); // the file did read its environment
     for (const name of ["KFP_TOKEN", "KFP_COOKIE", "NTFY_TOKEN", "NTFY_URL", "DEPLOY_KEY"]) expect(Object.keys(seen)).not.toContain(name);
-    for (const value of ["kfp-token-1111", "cookie-2222", "ntfytoken3333", "authparam4444", "flag-token-5555"]) expect(seenText).not.toContain(value);
+    for (const value of ["kfp-token-1111", "cookie-2222", "ntfytoken3333", AUTH_PARAM, "flag-token-5555"]) expect(seenText).not.toContain(value);
   });
 });
 
