@@ -3,8 +3,10 @@
  * kfp-sync — find, compile and upload Kubeflow Pipelines in one step.
  *
  * The file reads top-down like the job it does:
- *   types and config → discover → compile → upload → notify → report → main.
- * Each stage is a function from data to data; processes, HTTP and the clock sit at the edges.
+ *   types and config → run context and output → HTTP → discover → compile → upload → notify → report → main.
+ * Each stage is a function from data to data, returning its results for the next; sync() composes
+ * them. Processes, HTTP and the clock sit at the edges; secrets, signals and the exit code belong
+ * to the run context, and every output goes through its one scrubbing writer.
  */
 import { dlopen, FFIType } from "bun:ffi";
 import { createHash } from "node:crypto";
@@ -344,6 +346,16 @@ async function giteaVersionOf(env: Env, gitea = giteaClient(env)): Promise<strin
   if (env.KFP_SYNC_GITEA_VERSION) return env.KFP_SYNC_GITEA_VERSION;
   if (!gitea || env.KFP_SYNC_RUN_URL) return undefined;
   return (await gitea.read<{ version?: string }>("/version"))?.version;
+}
+
+/** --run-url, or the link built from the job's environment. Only a run that talks to servers asks Gitea for its version (a dry run without a host stays offline). */
+async function resolveRunUrl(cfg: Pick<Config, "runUrl" | "host">, env: Env, log: { info(message: string): void }): Promise<string | undefined> {
+  if (cfg.runUrl) return cfg.runUrl;
+  const giteaVersion = cfg.host ? await giteaVersionOf(env) : undefined;
+  const runUrl = runUrlFrom(env, giteaVersion);
+  // The link's shape depends on the version; say which was seen, so a wrong link can be traced.
+  if (runUrl && !env.KFP_SYNC_RUN_URL && truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS)) log.info(`Gitea ${giteaVersion ?? "version unknown"}: this run is ${runUrl}`);
+  return runUrl;
 }
 
 function gitCommit(env: Env, cwd: string): string | undefined {
@@ -2716,7 +2728,6 @@ export function exitCodeOf(summary: Summary, ntfyRequired: boolean): number {
   return 0;
 }
 
-
 /** The whole job: find → compile → upload → notify, each stage's results handed to the next. Never throws for one pipeline's failure. */
 export async function sync(cfg: Config, env: Env, run: RunContext): Promise<Summary> {
   const started = performance.now();
@@ -2729,24 +2740,16 @@ export async function sync(cfg: Config, env: Env, run: RunContext): Promise<Summ
   return { ...summary, problems: [...summary.problems, ...notified], interrupted: run.signal, durationMs: Math.round(performance.now() - started) };
 }
 
-function commandFor(run: RunContext) {
+function commandFor(run: RunContext, env: Env) {
   return defineCommand({
     meta: { name: "kfp-sync", version: VERSION, description: "Find, compile and upload Kubeflow Pipelines in one step" },
     args,
     async run({ args: parsed, rawArgs }) {
-      const env = process.env as Env;
       const cfg = resolveConfig(parsed, rawArgs, env, process.cwd(), new Date());
       run.log = createLog(cfg.verbose, run.out);
       process.on("SIGINT", () => stopRun(run, "SIGINT"));
       process.on("SIGTERM", () => stopRun(run, "SIGTERM"));
-      // Only a run that talks to servers asks Gitea for its version (a dry run without a host stays offline).
-      if (!cfg.runUrl) {
-        const giteaVersion = cfg.host ? await giteaVersionOf(env) : undefined;
-        cfg.runUrl = runUrlFrom(env, giteaVersion);
-        // The link's shape depends on the version; say which was seen, so a wrong link can be traced.
-        if (cfg.runUrl && !env.KFP_SYNC_RUN_URL && truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS)) run.log.info(`Gitea ${giteaVersion ?? "version unknown"}: this run is ${cfg.runUrl}`);
-      }
-
+      cfg.runUrl = await resolveRunUrl(cfg, env, run.log);
       const summary = await sync(cfg, env, run);
       report(summary, env, run.out, run.log, cfg.ntfy?.required ?? false);
       run.exitCode = exitCodeOf(summary, cfg.ntfy?.required ?? false);
@@ -2760,7 +2763,7 @@ export async function main(rawArgs: string[], env: Env = process.env as Env): Pr
     run.out.write("stdout", `${VERSION}\n`);
     return 0;
   }
-  const command = commandFor(run);
+  const command = commandFor(run, env);
   if (rawArgs.includes("--help") || rawArgs.includes("-h")) {
     run.out.write("stdout", `${await renderUsage(command)}\n`);
     return 0;

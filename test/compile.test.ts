@@ -2,7 +2,7 @@
 import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, EXAMPLES, FIXTURES, ROOT, cleanEnv, examplesCopy, kfpDslCompile, processesIn, run, scratch } from "./helpers";
+import { BIN, EXAMPLES, FIXTURES, ROOT, cleanEnv, examplesCopy, kfpDslCompile, processesIn, run, scratch, withServer } from "./helpers";
 import { startKfpServer } from "./kfp-server";
 
 const TRICKY = path.join(FIXTURES, "tricky");
@@ -217,8 +217,7 @@ describe("compile: every pipeline of a file", () => {
   });
 
   test("each pipeline of a file is uploaded as its own pipeline, and a re-sync writes nothing", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const dir = scratch({ "two_pipelines_pipeline.py": TWO });
       const args = ["--host", server.url, "--out-dir", path.join(dir, ".out"), "--function", "two_pipelines_pipeline.py=first_pipeline", "--function", "two_pipelines_pipeline.py=second_pipeline"];
       const first = await run(args, { cwd: dir });
@@ -239,9 +238,7 @@ describe("compile: every pipeline of a file", () => {
         ["two-pipelines-pipeline-first-pipeline", "created"],
         ["two-pipelines-pipeline-second-pipeline", "created"],
       ]);
-    } finally {
-      server.stop();
-    }
+    });
   });
 });
 

@@ -3,6 +3,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 
+export { withServer } from "./with-server.ts";
+
 export const ROOT = path.resolve(import.meta.dir, "..");
 export const BIN = process.env.KFP_SYNC_BIN ?? path.join(ROOT, "kfp-sync");
 export const PYTHON = path.join(ROOT, ".venv/bin/python");
@@ -100,16 +102,6 @@ export function processesIn(dir: string): number[] {
     }
   }
   return pids;
-}
-
-/** Start a server, hand it to `use`, and stop it however `use` ends. */
-export async function withServer<S extends { stop(): unknown }, T>(start: Promise<S>, use: (server: S) => Promise<T> | T): Promise<T> {
-  const server = await start;
-  try {
-    return await use(server);
-  } finally {
-    await server.stop();
-  }
 }
 
 /** GITHUB_OUTPUT as the runner reads it: `name=value` lines and `name<<DELIMITER` blocks; anything else is an error. */

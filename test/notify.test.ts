@@ -3,7 +3,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:tes
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { buildNotification, fitList, publish, unreadableNtfyAuth, type Summary } from "../kfp-sync.ts";
-import { BIN, cleanEnv, EXAMPLES, examplesCopy, run, scratch } from "./helpers";
+import { BIN, cleanEnv, EXAMPLES, examplesCopy, run, scratch, withServer } from "./helpers";
 import { startFaultProxy } from "./fault-proxy";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 import { startNtfyServer, type NtfyServer } from "./ntfy-server";
@@ -110,15 +110,12 @@ describe("notify", () => {
   });
 
   test("user:password is sent as Basic auth", async () => {
-    const basic = await startNtfyServer({ basic: { user: "ci", password: "pa55-word-xyz" } });
-    try {
+    await withServer(startNtfyServer({ basic: { user: "ci", password: "pa55-word-xyz" } }), async (basic) => {
       const r = await sync(examplesCopy(), ["evaluation_pipeline.py"], { NTFY_URL: `${basic.url}/gitea-ci`, NTFY_TOKEN: "ci:pa55-word-xyz" });
       expect(r.code).toBe(0);
       expect(basic.published.length).toBe(1);
       expect(r.stdout + r.stderr).not.toContain("pa55-word-xyz");
-    } finally {
-      await basic.stop();
-    }
+    });
   });
 
   test("--dry-run prints the notification it would send and sends nothing", async () => {
@@ -167,16 +164,13 @@ describe("notify", () => {
   });
 
   test("user:password is Basic even when the user name starts with tk_", async () => {
-    const basic = await startNtfyServer({ basic: { user: "tk_bot", password: "bot-pa55-word" } });
-    try {
+    await withServer(startNtfyServer({ basic: { user: "tk_bot", password: "bot-pa55-word" } }), async (basic) => {
       const r = await sync(examplesCopy(), ["evaluation_pipeline.py"], { NTFY_URL: `${basic.url}/gitea-ci`, NTFY_TOKEN: "tk_bot:bot-pa55-word" });
       expect(r.code).toBe(0);
       expect(basic.published.length).toBe(1);
       expect(basic.published[0]!.headers.authorization).toBe(`Basic ${Buffer.from("tk_bot:bot-pa55-word").toString("base64")}`);
       expect(r.stdout + r.stderr).not.toContain("bot-pa55-word");
-    } finally {
-      await basic.stop();
-    }
+    });
   });
 
   test("?auth= that ntfy can read (base64url, no padding, of the whole header) publishes and is never printed", async () => {
@@ -222,8 +216,7 @@ describe("notify", () => {
   });
 
   test("429 with 42909 (too many failed logins from this address) is not retried and says why", async () => {
-    const limited = await startNtfyServer({ token: NTFY_TOKEN });
-    try {
+    await withServer(startNtfyServer({ token: NTFY_TOKEN }), async (limited) => {
       // What a runner meets after a wrong NTFY_TOKEN was tried 30 times from its address.
       for (let i = 0; i < 30; i++) {
         const res = await fetch(limited.url, { method: "POST", headers: { Authorization: "Bearer tk_wrong000000000000000000000000" }, body: '{"topic":"gitea-ci"}' });
@@ -237,9 +230,7 @@ describe("notify", () => {
       expect(r.stderr).toContain("earlier credentials from this address were refused");
       expect(r.stderr).toContain("wait a minute");
       expect(r.stderr).not.toContain("gave up");
-    } finally {
-      await limited.stop();
-    }
+    });
   });
 
   test("--ntfy-required and a failed notification: the last line says the run failed and why", async () => {
@@ -296,8 +287,7 @@ describe("notify", () => {
   });
 
   test("SIGTERM while the notification hangs: cut off, then the final notification says the run was interrupted", async () => {
-    const proxy = await startFaultProxy(ntfy.url);
-    try {
+    await withServer(startFaultProxy(ntfy.url), async (proxy) => {
       proxy.add({ method: "POST", times: 1, fault: { kind: "stall", ms: 60_000 } });
       const r = await interrupted({ NTFY_URL: `${proxy.url}/gitea-ci` }, () => proxy.injected.length === 1);
       expect(r.code).toBe(143);
@@ -305,9 +295,7 @@ describe("notify", () => {
       expect(ntfy.published.map((n) => n.title)).toEqual(["ml/pipelines: kfp-sync interrupted (SIGTERM)"]);
       expect(r.stderr).toContain("that the run was interrupted");
       expect(r.stderr).not.toContain("cannot reach");
-    } finally {
-      await proxy.stop();
-    }
+    });
   });
 
   test("SIGTERM and ntfy refuses the final notification: reported as not sent, with ntfy's answer", async () => {
@@ -323,8 +311,7 @@ describe("notify", () => {
 
 describe("publish", () => {
   test("429 request limit: backs off 1, 2, 4 s and says how many requests it really sent", async () => {
-    const server = await startNtfyServer({ token: NTFY_TOKEN });
-    try {
+    await withServer(startNtfyServer({ token: NTFY_TOKEN }), async (server) => {
       server.failNext(429, 10);
       const slept: number[] = [];
       const note = { topic: "gitea-ci", title: "t", message: "m", priority: 3, tags: [] };
@@ -332,9 +319,7 @@ describe("publish", () => {
       expect(slept).toEqual([1000, 2000, 4000]);
       expect(server.requests.length).toBe(4);
       expect((error as Error).message).toContain(`gave up after ${server.requests.length} tries`);
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("no answer within the timeout is said as such, not as 'cannot reach'", async () => {

@@ -10,7 +10,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import YAML from "yaml";
 import { fingerprintOf, serverFingerprint } from "../kfp-sync.ts";
-import { EXAMPLES, FIXTURES, run, scratch } from "./helpers";
+import { EXAMPLES, FIXTURES, run, scratch, withServer } from "./helpers";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 
 const CONTRACT = path.join(FIXTURES, "contract");
@@ -222,15 +222,12 @@ describe("multi-user: shared pipelines, identity", () => {
   });
 
   test("--shared on a server that requires a namespace: said as such, nothing written", async () => {
-    const strict = await startKfpServer({ multiUser: true, requireNamespace: true });
-    try {
+    await withServer(startKfpServer({ multiUser: true, requireNamespace: true }), async (strict) => {
       const r = await sync(one(), strict.url, ["--shared"]);
       expect(r.code).toBe(1);
       expect(r.json().pipelines[0]!.error.message).toContain("this server allows no shared pipelines (REQUIRE_NAMESPACE_FOR_PIPELINES): use --namespace/KFP_NAMESPACE instead of --shared");
       expect(writes(strict)).toEqual([]);
-    } finally {
-      await strict.stop();
-    }
+    });
   });
 
   const recorded401 = {
@@ -397,8 +394,7 @@ describe("a version uploaded by someone else (no kfp-sync marker) of the same sp
   });
 
   test("end to end: the compiled spec uploaded by a plain multipart POST, then kfp-sync: unchanged", async () => {
-    const kfp = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (kfp) => {
       const dir = scratch({ "defaults_pipeline.py": { from: path.join(CONTRACT, "defaults_pipeline.py") } });
       const dry = await run(["--dry-run", "--out-dir", path.join(dir, ".out")], { cwd: dir });
       expect(dry.code, dry.stderr).toBe(0);
@@ -410,15 +406,12 @@ describe("a version uploaded by someone else (no kfp-sync marker) of the same sp
       expect(r.code, r.stderr).toBe(0);
       expect(r.json().pipelines[0]!.state).toBe("unchanged");
       expect(writes(kfp).length).toBe(1);
-    } finally {
-      await kfp.stop();
-    }
+    });
   });
 });
 
 test("the kfp-kubernetes examples: the platform spec is uploaded, survives the round trip, re-syncs unchanged (with and without the marker)", async () => {
-  const kfp = await startKfpServer();
-  try {
+  await withServer(startKfpServer(), async (kfp) => {
     const files = ["qlora_pdf_pipeline.py", "vllm_tuning_pipeline.py", "dvd_transcription_pipeline.py"];
     const dir = scratch(Object.fromEntries(files.map((f) => [f, { from: path.join(EXAMPLES, f) }])));
     const first = await sync(dir, kfp.url);
@@ -441,7 +434,5 @@ test("the kfp-kubernetes examples: the platform spec is uploaded, survives the r
     const unmarked = await sync(dir, kfp.url);
     expect(unmarked.json().counts).toMatchObject({ unchanged: 3, failed: 0 });
     expect(writes(kfp).length).toBe(3);
-  } finally {
-    await kfp.stop();
-  }
+  });
 });

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { FIXTURES, examplesCopy, run, scratch } from "./helpers";
+import { FIXTURES, examplesCopy, run, scratch, withServer } from "./helpers";
 import { startKfpServer, type RecordedRequest } from "./kfp-server";
 import { imitationOnly, syncTarget, type SyncTarget } from "./kfp-target";
 
@@ -126,17 +126,14 @@ describe("upload", () => {
   });
 
   test.skipIf(imitationOnly("a server older than the SDK", "needs a server that says it is 2.16.0"))("a server older than the SDK: a warning, and no tags parameter (it predates 2.17)", async () => {
-    const old = await startKfpServer({ version: "2.16.0" });
-    try {
+    await withServer(startKfpServer({ version: "2.16.0" }), async (old) => {
       const r = await sync(examplesCopy(), old, ["evaluation_pipeline.py"]);
       expect(r.code).toBe(0);
       expect(r.stderr).toContain("the server (2.16.0) is a minor release behind the kfp SDK that compiled (2.17.3)");
       expect(r.stderr).toContain("it may refuse the compiled spec or ignore what it does not know");
       expect(r.json().server.version).toBe("2.16.0");
       expect(writes(old)[0]!.query.tags).toBeUndefined();
-    } finally {
-      await old.stop();
-    }
+    });
   });
 
   test("--name-from file names pipelines after their files", async () => {
@@ -171,8 +168,7 @@ describe("upload: auth, namespaces and server errors", () => {
   const TOKEN = "kfp-test-token-9f8e7d6c5b4a";
 
   test.skipIf(imitationOnly("the bearer token is sent on every call", "needs a server that accepts only this test's own token"))("the bearer token is sent on every call and never printed", async () => {
-    const server = await startKfpServer({ token: TOKEN });
-    try {
+    await withServer(startKfpServer({ token: TOKEN }), async (server) => {
       const dir = examplesCopy();
       const ok = await sync(dir, server, ["evaluation_pipeline.py"], { KFP_TOKEN: TOKEN });
       expect(ok.code).toBe(0);
@@ -198,14 +194,11 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(wrong.json().pipelines[0]!.error.message).toContain("HTTP 401");
       expect(wrong.stderr).toContain("set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or KFP_COOKIE");
       expect(wrong.stdout + wrong.stderr).not.toContain("wrong-token-value");
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test.skipIf(imitationOnly("KFP_COOKIE", "reads every request's headers, which only the imitation records"))("KFP_COOKIE: a bare value is sent as Dex's authservice_session cookie, never printed", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const r = await sync(examplesCopy(), server, ["evaluation_pipeline.py"], { KFP_COOKIE: "dex-session-value-1234" });
       expect(r.code).toBe(0);
       expect(r.stderr).toContain("cookie from KFP_COOKIE");
@@ -214,14 +207,11 @@ describe("upload: auth, namespaces and server errors", () => {
         expect(q.headers.authorization).toBeUndefined();
       }
       expect(r.stdout + r.stderr).not.toContain("dex-session-value-1234");
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test.skipIf(imitationOnly("multi-user namespaces", "needs its own multi-user server with namespaces team-a"))("multi-user: the namespace goes with every call that takes one; without it, exit 2", async () => {
-    const server = await startKfpServer({ multiUser: true });
-    try {
+    await withServer(startKfpServer({ multiUser: true }), async (server) => {
       const dir = examplesCopy();
       const missing = await sync(dir, server);
       expect(missing.code).toBe(2);
@@ -240,14 +230,11 @@ describe("upload: auth, namespaces and server errors", () => {
       touch(dir, "evaluation_pipeline.py");
       const v = await sync(dir, server, ["evaluation_pipeline.py", "--namespace", "team-a"], { KFP_TOKEN: "team-a-editor-token" });
       expect(v.json().pipelines[0]!.state).toBe("versioned");
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test.skipIf(imitationOnly("403, 409, 400 and 500 from the server", "injects faults (failNext), which only the imitation can"))("403, 409, 400 and 500 from the server: each reported clearly, the other pipelines go on", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const dir = examplesCopy();
       const cases: [number, string][] = [
         [403, "HTTP 403"],
@@ -281,9 +268,7 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(clash.code).toBe(1);
       expect(clash.json().pipelines[0]!.error.message).toContain(`a different version named ${TAG} already exists`);
       expect((await server.state()).versions.filter((v) => v.name === TAG).length).toBe(1);
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("an unreachable server: every pipeline fails with one clear message, exit 1", async () => {
@@ -296,8 +281,7 @@ describe("upload: auth, namespaces and server errors", () => {
   });
 
   test.skipIf(imitationOnly("a flaky read is retried", "injects faults (failNext), which only the imitation can"))("a flaky read is retried with backoff and the sync succeeds", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const dir = examplesCopy();
       server.failNext(/GET \/apis\/v2beta1\/healthz/, 503, 2);
       server.failNext(/GET \/apis\/v2beta1\/pipelines\/names\//, 502, 1);
@@ -306,9 +290,7 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(r.stderr).toMatch(/HTTP 503.*retrying in/);
       expect(r.stderr).toMatch(/HTTP 502.*retrying in/);
       expect(r.json().pipelines[0]!.state).toBe("created");
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("two syncs at once: one pipeline per name, nothing duplicated", async () => {
