@@ -105,9 +105,10 @@ export type CompileResult =
 
 /** What a real run did to one pipeline on the server. */
 export type UploadState = "created" | "versioned" | "unchanged" | "failed";
+
 /** What the upload stage decided (dry run) or did (real run) for one pipeline. */
 export interface UploadOutcome {
-  /** What happened; absent in a dry run unless it failed (then `plan` says what would have happened). */
+  /** What happened on the server; in a dry run only "failed" (a read failed), else see `plan`. */
   state?: UploadState;
   /** What a dry run with a host found a real run would do (machine values; the log says them in words). */
   plan?: UploadPlan["kind"];
