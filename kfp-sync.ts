@@ -3,8 +3,10 @@
  * kfp-sync — find, compile and upload Kubeflow Pipelines in one step.
  *
  * The file reads top-down like the job it does:
- *   types and config → discover → compile → upload → notify → report → main.
- * Each stage is a function from data to data; processes, HTTP and the clock sit at the edges.
+ *   types and config → run context and output → HTTP → discover → compile → upload → notify → report → main.
+ * Each stage is a function from data to data, returning its results for the next; sync() composes
+ * them. Processes, HTTP and the clock sit at the edges; secrets, signals and the exit code belong
+ * to the run context, and every output goes through its one scrubbing writer.
  */
 import { dlopen, FFIType } from "bun:ffi";
 import { createHash } from "node:crypto";
@@ -18,7 +20,8 @@ import YAML from "yaml";
 import pkg from "./package.json" with { type: "json" };
 
 export const VERSION: string = pkg.version;
-export const SUMMARY_SCHEMA_VERSION = 1;
+// 2: one `state` per pipeline instead of `status` + `action`; `plan` holds "create" / "version" / "unchanged".
+export const SUMMARY_SCHEMA_VERSION = 2;
 const DEFAULT_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888";
 const SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token";
 // Limits the KFP API server enforces (pipeline_upload_server.go, resource validation); checked
@@ -77,6 +80,11 @@ export function pipelineLabel(p: { file: string; function?: string }): string {
   return p.function ? `${p.file}:${p.function}` : p.file;
 }
 
+/** A pipeline's key in the run's record: its file, and its function when one was chosen. */
+function reportKey(file: PipelineFile): string {
+  return pipelineLabel({ file: file.path, function: file.functionName });
+}
+
 export interface CompiledSpec {
   file: PipelineFile;
   /** `pipelineInfo.name` of the compiled IR. */
@@ -95,14 +103,15 @@ export type CompileResult =
   | ({ ok: true } & CompiledSpec)
   | { ok: false; file: PipelineFile; problem: Problem; ms: number };
 
-export type UploadAction = "created" | "versioned" | "unchanged" | "failed";
+/** What a real run did to one pipeline on the server. */
+export type UploadState = "created" | "versioned" | "unchanged" | "failed";
 
 /** What the upload stage decided (dry run) or did (real run) for one pipeline. */
 export interface UploadOutcome {
-  /** What happened; absent in a dry run where something would change (see plan). */
-  action?: UploadAction;
-  /** In a dry run: "would create" / "would add version" / "unchanged". */
-  plan?: "would create" | "would add version" | "unchanged";
+  /** What happened on the server; in a dry run only "failed" (a read failed), else see `plan`. */
+  state?: UploadState;
+  /** What a dry run with a host found a real run would do (machine values; the log says them in words). */
+  plan?: UploadPlan["kind"];
   pipelineName: string;
   pipelineId?: string;
   versionId?: string;
@@ -117,9 +126,9 @@ export interface PipelineReport {
   function?: string;
   name?: string;
   output?: string;
-  status: "compiled" | "failed";
-  action?: UploadAction;
-  plan?: UploadOutcome["plan"];
+  /** How far it got: "compiled" when no upload was made (dry run, no host); `error.stage` says where a failure happened. */
+  state: "compiled" | UploadState;
+  plan?: UploadPlan["kind"];
   pipelineId?: string;
   versionId?: string;
   versionName?: string;
@@ -226,8 +235,6 @@ export interface Config {
   runUrl?: string;
   commit?: string;
   verbose: boolean;
-  /** Values that must never be printed. */
-  secrets: string[];
 }
 
 type Env = Record<string, string | undefined>;
@@ -308,28 +315,48 @@ function atLeast(version: string | undefined, major: number, minor: number): boo
 }
 
 /**
- * Gitea's version decides the run link's shape; the job's environment does not carry it, so ask
- * the server's /api/v1/version (KFP_SYNC_GITEA_VERSION skips the call). With REQUIRE_SIGNIN_VIEW
- * that answers 403 anonymously, so ask again with the job's token: Gitea's runner puts
+ * The one client for the Gitea API of the server running this job. Its version decides the run
+ * link's shape and the job's environment does not carry it. With REQUIRE_SIGNIN_VIEW the API
+ * answers 403 anonymously, so a read is asked again with the job's token: Gitea's runner puts
  * ACTIONS_RUNTIME_TOKEN in every run step's environment and the endpoint accepts it. The token
- * goes only to the server that issued it.
+ * goes only to the server that issued it. Reads only; each is one short try, since what it
+ * learns only shapes a link.
  */
-async function giteaVersionOf(env: Env): Promise<string | undefined> {
-  if (env.KFP_SYNC_GITEA_VERSION) return env.KFP_SYNC_GITEA_VERSION;
-  if (!truthy(env.GITEA_ACTIONS) || truthy(env.FORGEJO_ACTIONS) || !env.GITHUB_SERVER_URL || env.KFP_SYNC_RUN_URL) return undefined;
-  const url = `${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1/version`;
+export function giteaClient(env: Env): { read<T>(route: string): Promise<T | undefined> } | undefined {
+  if (!truthy(env.GITEA_ACTIONS) || truthy(env.FORGEJO_ACTIONS) || !env.GITHUB_SERVER_URL) return undefined;
+  const $gitea = ofetch.create({ baseURL: `${env.GITHUB_SERVER_URL.replace(/\/+$/, "")}/api/v1`, retry: false }, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) });
   const tokens = [undefined, ...new Set([env.ACTIONS_RUNTIME_TOKEN, env.GITEA_TOKEN, env.GITHUB_TOKEN].filter((t): t is string => !!t))];
-  for (const token of tokens) {
-    try {
-      const headers: Record<string, string> = token ? { Authorization: `token ${token}` } : {};
-      const body = await ofetch.create({}, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) })<{ version?: string }>(url, { headers, retry: false, signal: AbortSignal.timeout(2000) });
-      return body.version;
-    } catch (error) {
-      const status = (error as { status?: number }).status;
-      if (status !== 401 && status !== 403) return undefined;
-    }
-  }
-  return undefined;
+  return {
+    async read<T>(route: string): Promise<T | undefined> {
+      for (const token of tokens) {
+        try {
+          const headers: Record<string, string> = token ? { Authorization: `token ${token}` } : {};
+          return await $gitea<T>(route, { headers, signal: AbortSignal.timeout(2000) });
+        } catch (error) {
+          const { status } = peerFailure(error);
+          if (status !== 401 && status !== 403) return undefined;
+        }
+      }
+      return undefined;
+    },
+  };
+}
+
+/** Gitea's version, for the run link (KFP_SYNC_GITEA_VERSION skips the call). */
+async function giteaVersionOf(env: Env, gitea = giteaClient(env)): Promise<string | undefined> {
+  if (env.KFP_SYNC_GITEA_VERSION) return env.KFP_SYNC_GITEA_VERSION;
+  if (!gitea || env.KFP_SYNC_RUN_URL) return undefined;
+  return (await gitea.read<{ version?: string }>("/version"))?.version;
+}
+
+/** --run-url, or the link built from the job's environment. Only a run that talks to servers asks Gitea for its version (a dry run without a host stays offline). */
+async function resolveRunUrl(cfg: Pick<Config, "runUrl" | "host">, env: Env, log: { info(message: string): void }): Promise<string | undefined> {
+  if (cfg.runUrl) return cfg.runUrl;
+  const giteaVersion = cfg.host ? await giteaVersionOf(env) : undefined;
+  const runUrl = runUrlFrom(env, giteaVersion);
+  // The link's shape depends on the version; say which was seen, so a wrong link can be traced.
+  if (runUrl && !env.KFP_SYNC_RUN_URL && truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS)) log.info(`Gitea ${giteaVersion ?? "version unknown"}: this run is ${runUrl}`);
+  return runUrl;
 }
 
 function gitCommit(env: Env, cwd: string): string | undefined {
@@ -424,7 +451,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
 
   const ntfyUrl = flag("ntfy-url") ?? env.NTFY_URL;
   const ntfyToken = flag("ntfy-token") ?? env.NTFY_TOKEN;
-  const ntfyAuthSecrets = ntfyUrl ? checkNtfyUrl(ntfyUrl) : []; // checked now, not after the uploads
+  if (ntfyUrl) checkNtfyUrl(ntfyUrl); // checked now, not after the uploads
 
   const nameFrom = (flag("name-from") ?? env.KFP_SYNC_NAME_FROM ?? "ir") as Config["nameFrom"];
   if (nameFrom !== "ir" && nameFrom !== "file") throw new UsageError(`--name-from takes "ir" or "file", got "${nameFrom}"`);
@@ -433,8 +460,6 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     throw new UsageError(`version tag "${versionTag}" breaks the server's name rule ${NAME_RULE.source} (max ${MAX_VERSION_NAME})`);
   }
   const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
-  const cookieValues = (env.KFP_COOKIE ?? "").split(";").map((c) => c.slice(c.indexOf("=") + 1).trim());
-  const secrets = secretForms([token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ...credentialForms(ntfyAuthorization(ntfyToken)), ...ntfyAuthSecrets]);
 
   const namespace = flag("namespace") ?? env.KFP_NAMESPACE;
   const shared = bool("shared", "KFP_SHARED");
@@ -473,7 +498,6 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     runUrl: flag("run-url"),
     commit: gitCommit(env, cwd),
     verbose: bool("verbose", "KFP_SYNC_VERBOSE"),
-    secrets,
   };
 }
 
@@ -500,6 +524,39 @@ export function secretForms(values: (string | null | undefined)[]): string[] {
     if (value.includes(":")) forms.add(Buffer.from(value).toString("base64"));
   }
   return [...forms].sort((a, b) => b.length - a.length);
+}
+
+/**
+ * Every secret of the run, collected once from its environment and flags, in every form it may be
+ * printed in: KFP's token (or token file) and cookie, ntfy's token and ?auth=, the CI job's tokens.
+ */
+export function secretsOf(env: Env, rawArgs: string[]): string[] {
+  const tokens = [env.KFP_TOKEN, ...repeatedFlag(rawArgs, "token")];
+  const tokenFiles = [env.KF_PIPELINES_SA_TOKEN_PATH, SA_TOKEN_PATH].map((file) => {
+    try {
+      return file ? fs.readFileSync(file, "utf8").trim() : undefined;
+    } catch {
+      return undefined; // resolveAuth says why, if the file is the one in use
+    }
+  });
+  const cookieValues = (env.KFP_COOKIE ?? "").split(";").map((c) => c.slice(c.indexOf("=") + 1).trim());
+  const ntfyTokens = [env.NTFY_TOKEN, ...repeatedFlag(rawArgs, "ntfy-token")];
+  const ntfyAuths = [env.NTFY_URL, ...repeatedFlag(rawArgs, "ntfy-url")].flatMap((value) => {
+    const auth = URL.canParse(value ?? "") ? ntfyAuthParamOf(new URL(value!)) : undefined;
+    return auth ? [auth, ...credentialForms(Buffer.from(auth, "base64url").toString("utf8").trim())] : [];
+  });
+  return secretForms([
+    ...tokens,
+    ...tokenFiles,
+    ...[...tokens, ...tokenFiles].map((t) => t && `Bearer ${t}`),
+    env.KFP_COOKIE,
+    ...cookieValues,
+    ...ntfyTokens.flatMap((t) => [t, ...credentialForms(ntfyAuthorization(t))]),
+    ...ntfyAuths,
+    env.ACTIONS_RUNTIME_TOKEN,
+    env.GITEA_TOKEN,
+    env.GITHUB_TOKEN,
+  ]);
 }
 
 // A secret cut short by a length limit leaves its head at the end of a line or field; a head this
@@ -535,6 +592,70 @@ export function scrubbed<T>(value: T, secrets: string[]): T {
 /** A URL as it may be shown: credentials and ?auth= replaced, also in text that is no valid URL. */
 export function redactUrl(value: string): string {
   return value.replace(/\/\/[^/?#\s]*@/g, "//***@").replace(/([?&]auth=)[^&#\s]*/gi, "$1***");
+}
+
+// ─── Run context and output ──────────────────────────────────────────────────────────────────────
+
+/** The one way text leaves kfp-sync: every write is scrubbed of the run's secrets first. */
+export interface Writer {
+  /** stdout carries only the summary JSON; stderr the log and annotations; a file is appended to (Actions files). */
+  write(to: "stdout" | "stderr" | { file: string }, text: string): void;
+  /** A record with every string scrubbed, for what a peer serializes itself (a notification's JSON body). */
+  scrubbed<T>(value: T): T;
+}
+
+export function writerFor(secrets: string[], streams: { stdout: { write(text: string): unknown }; stderr: { write(text: string): unknown } } = process): Writer {
+  return {
+    write(to, text) {
+      const clean = scrub(text, secrets);
+      if (to === "stdout") streams.stdout.write(clean);
+      else if (to === "stderr") streams.stderr.write(clean);
+      else fs.appendFileSync(to.file, clean, "utf8");
+    },
+    scrubbed: (value) => scrubbed(value, secrets),
+  };
+}
+
+type Log = ReturnType<typeof createLog>;
+
+function createLog(verbose: boolean, out: Writer) {
+  const icons: Record<string, string> = { error: "✖", fatal: "✖", warn: "⚠", success: "✔", info: "ℹ", start: "◐", ready: "✔", debug: "⚙", log: "" };
+  const reporter: ConsolaReporter = {
+    log(entry) {
+      const text = entry.args.map((a) => (a instanceof Error ? (verbose ? (a.stack ?? a.message) : a.message) : String(a))).join(" ");
+      const icon = icons[entry.type] ?? "";
+      out.write("stderr", `${icon ? `${icon} ` : ""}${text}\n`);
+    },
+  };
+  return createConsola({ level: verbose ? 4 : 3, reporters: [reporter] });
+}
+
+/** What one run holds that is not configuration: its secrets, its output, its signal state, its exit code. */
+export interface RunContext {
+  secrets: string[];
+  out: Writer;
+  log: Log;
+  stopped: boolean;
+  signal?: "SIGINT" | "SIGTERM";
+  /** Aborted with the signal: HTTP in flight ends at once. */
+  abort: AbortController;
+  /** The compile driver while it runs, so a signal can end it (and with it every child). */
+  driver?: Bun.Subprocess;
+  exitCode: number;
+}
+
+export function runContext(secrets: string[], verbose = false, out: Writer = writerFor(secrets)): RunContext {
+  return { secrets, out, log: createLog(verbose, out), stopped: false, abort: new AbortController(), exitCode: 0 };
+}
+
+/** A first SIGINT/SIGTERM stops the run and reports what was done; a second exits at once. */
+function stopRun(run: RunContext, signal: "SIGINT" | "SIGTERM"): void {
+  if (run.stopped) process.exit(signal === "SIGINT" ? 130 : 143);
+  run.log.warn(`${signal}: stopping; reporting what was done`);
+  run.stopped = true;
+  run.signal = signal;
+  run.abort.abort();
+  run.driver?.kill("SIGTERM");
 }
 
 // ─── HTTP, for every peer ────────────────────────────────────────────────────────────────────────
@@ -596,6 +717,32 @@ export function answerProblem(error: unknown, url?: string): string | undefined 
   plain.protocol = "http:";
   plain.search = "";
   return `the server does not speak HTTPS on that port; did you mean ${plain.toString().replace(/\/+$/, "")}?`;
+}
+
+/**
+ * What went wrong with a request to any peer, taken apart once: the HTTP status and body when an
+ * answer came, else whether it timed out, the network error's code, and a failure no retry mends.
+ */
+export function peerFailure(error: unknown, url?: string): { status?: number; data?: unknown; contentType?: string | null; statusText?: string; settled?: string; timedOut: boolean; code: string } {
+  const fe = error as FetchError;
+  const status = fe.response?.status;
+  const cause = (fe.cause ?? fe) as { code?: string | number; name?: string; message?: string };
+  // An AbortSignal timeout is a DOMException named TimeoutError whose numeric code says nothing.
+  const code = typeof cause.code === "string" ? cause.code : (cause.name ?? "");
+  return {
+    status,
+    data: fe.data,
+    contentType: fe.response?.headers.get("content-type"),
+    statusText: fe.response?.statusText,
+    settled: status ? undefined : answerProblem(error, url),
+    timedOut: /TimeoutError|ETIMEDOUT/.test(code),
+    code,
+  };
+}
+
+/** Backoff before read retry `attempt` (0-based): 250 ms doubling to 8 s, ±25 % so runners do not retry in step. */
+export function readBackoff(attempt: number): number {
+  return Math.min(8000, 250 * 2 ** attempt) * (0.75 + Math.random() * 0.5);
 }
 
 // ─── 1. Discover ─────────────────────────────────────────────────────────────────────────────────
@@ -780,6 +927,17 @@ export function discover(cfg: Pick<Config, "cwd" | "paths" | "patterns" | "exclu
 
 function compare(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Stage 1 as the run sees it: the files, with what was unreadable or skipped said in the log. */
+function findStage(cfg: Config, log: Log): Discovery {
+  const found = discover(cfg);
+  for (const p of found.problems) log.error(`${shown(p.file!)}: ${p.message}`);
+  for (const n of found.notes) log.warn(n.file ? `${shown(n.file)}: ${n.message}` : n.message);
+  const files = new Set(found.files.map((f) => f.path)).size;
+  const several = files < found.files.length ? ` (${found.files.length} pipelines)` : "";
+  log.info(`found ${files} pipeline file${files === 1 ? "" : "s"}${several}${found.problems.length ? `, ${found.problems.length} unreadable` : ""}`);
+  return found;
 }
 
 // ─── 2. Compile ──────────────────────────────────────────────────────────────────────────────────
@@ -1154,26 +1312,25 @@ export interface CompileRun {
   kfp?: { sdk: string; python: string };
 }
 
-/** Handle on the running compiler, so a signal can end it (and with it every child). */
-export const running = { driver: undefined as Bun.Subprocess | undefined, stopping: false };
-
+/** `run.driver` is the handle a signal uses to end the compiler (and with it every child). */
 export async function compileAll(
   files: PipelineFile[],
-  cfg: Pick<Config, "cwd" | "outDir" | "python" | "kfpVersion" | "jobs" | "timeoutSec" | "secrets">,
+  cfg: Pick<Config, "cwd" | "outDir" | "python" | "kfpVersion" | "jobs" | "timeoutSec">,
+  run: Pick<RunContext, "stopped" | "driver" | "secrets">,
   onResult: (result: CompileResult) => void = () => {},
 ): Promise<CompileRun> {
-  if (running.stopping) {
+  if (run.stopped) {
     // A signal during the steps before (e.g. the Gitea lookup) is acted on now, not after compiling (issue 9).
     return { results: files.map((file) => ({ ok: false, file, ms: 0, problem: { stage: "compile", file: file.path, message: "not compiled: the run was interrupted" } })) };
   }
   adoptOrphans();
   let driver: Bun.Subprocess<"pipe", "pipe", "pipe">;
   try {
-    driver = Bun.spawn([cfg.python, "-c", COMPILE_DRIVER], { cwd: cfg.cwd, env: driverEnv(process.env as Env, cfg.secrets), stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    driver = Bun.spawn([cfg.python, "-c", COMPILE_DRIVER], { cwd: cfg.cwd, env: driverEnv(process.env as Env, run.secrets), stdin: "pipe", stdout: "pipe", stderr: "pipe" });
   } catch (error) {
     throw new UsageError(`cannot run Python "${cfg.python}": ${(error as Error).message}. Install Python 3 or point --python/KFP_SYNC_PYTHON at one`, { cause: error });
   }
-  running.driver = driver;
+  run.driver = driver;
   const stderr = new Response(driver.stderr).text();
   const work = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-"));
   const jobs = files.map((file, i) => {
@@ -1218,7 +1375,7 @@ export async function compileAll(
   } finally {
     if (driver.exitCode === null) driver.kill("SIGTERM");
     await driver.exited;
-    running.driver = undefined;
+    run.driver = undefined;
     endLeftovers(); // a driver killed with -9 ends nothing itself
     for (const job of jobs) {
       try {
@@ -1230,13 +1387,13 @@ export async function compileAll(
     fs.rmSync(work, { recursive: true, force: true });
   }
   const tail = (await stderr).trim().slice(-500);
-  if (!kfp && !running.stopping) {
+  if (!kfp && !run.stopped) {
     if (driver.exitCode === 127 || /No such file|not found/i.test(tail)) {
       throw new UsageError(`cannot run Python "${cfg.python}": install Python 3 or point --python/KFP_SYNC_PYTHON at one`);
     }
     throw new UsageError(`the Python compile driver (${cfg.python}) failed to start (exit ${driver.exitCode ?? driver.signalCode}): ${tail}`);
   }
-  const missing = running.stopping
+  const missing = run.stopped
     ? "not compiled: the run was interrupted"
     : `not compiled: the compile driver ended early (exit ${driver.exitCode ?? driver.signalCode})${tail ? `: ${tail.replace(/\s+/g, " ")}` : ""}`;
   return {
@@ -1357,6 +1514,30 @@ function tailOf(file: string, bytes: number): string {
   } catch {
     return "";
   }
+}
+
+/** Stage 2 as the run sees it: each result logged; a YAML that could not be kept fails a real run's pipeline. */
+async function compileStage(files: PipelineFile[], cfg: Config, run: RunContext): Promise<CompileRun & { unkept: Problem[] }> {
+  const log = run.log;
+  const compiled = await compileAll(files, cfg, run, (r) => {
+    if (r.ok) log.success(`${shown(r.file.path)} → ${shown(r.irName)} (${Math.round(r.ms)} ms)`);
+    else log.error(`${shown(r.problem.file ?? r.file.path)}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.file.functionName ? `${r.file.functionName}: ` : ""}${r.problem.message}`);
+  });
+  // An out dir that cannot be written fails a real run's pipelines; a dry run keeps no YAML anyway.
+  const unkept: Problem[] = [];
+  const hint = "make the out dir writable, or point --out-dir/KFP_SYNC_OUT_DIR at a folder that is";
+  const results = compiled.results.map((r): CompileResult => {
+    if (!r.ok || !r.notKept) return r;
+    const message = `cannot write the compiled YAML to ${shown(path.relative(cfg.cwd, r.output) || r.output)}: ${r.notKept}`;
+    if (cfg.dryRun) {
+      unkept.push({ stage: "compile", file: r.file.path, message: `compiled in a temporary folder; the YAML was not kept: ${message}`, hint });
+      log.warn(`${shown(r.file.path)}: the YAML was not kept: ${message}`);
+      return r;
+    }
+    log.error(`${shown(r.file.path)}: ${message}`);
+    return { ok: false, file: r.file, ms: r.ms, problem: { stage: "compile", file: r.file.path, message, hint } };
+  });
+  return { ...compiled, results, unkept };
 }
 
 // ─── 3. Upload ───────────────────────────────────────────────────────────────────────────────────
@@ -1481,30 +1662,25 @@ const STATUS_HINTS: Record<number, string> = {
 
 function toKfpError(error: unknown, what: string, host: string, timeoutMs: number): KfpError {
   if (error instanceof KfpError) return error;
-  const fe = error as FetchError;
-  const status = fe.response?.status;
+  const { status, data, contentType, statusText, settled, timedOut, code } = peerFailure(error, host);
   // An error page in HTML (a login page's 401, the UI's 404): say what it is, not its markup.
-  if (status && looksLikeHtml(fe.response?.headers.get("content-type") ?? null, fe.data)) {
-    return notKfpError(what, notApiAnswer(status, undefined, String(fe.data)), status);
+  if (status && looksLikeHtml(contentType ?? null, data)) {
+    return notKfpError(what, notApiAnswer(status, undefined, String(data)), status);
   }
   if (status) {
-    const detail = serverMessage(fe.data) ?? fe.response?.statusText ?? "";
+    const detail = serverMessage(data) ?? statusText ?? "";
     const hint = STATUS_HINTS[status] ?? (status >= 500 ? STATUS_HINTS[500] : "");
     return new KfpError(`${what}: HTTP ${status}${detail ? ` — ${detail}` : ""}${hint ? ` (${hint})` : ""}`, status, false, { cause: error });
   }
-  const settled = answerProblem(error, host);
   // An answer over the cap may come after the server acted: as unknown as a lost answer.
-  if (settled) return new KfpError(`${what}: ${settled}`, undefined, error instanceof AnswerTooLarge || fe.cause instanceof AnswerTooLarge, { cause: error });
-  const cause = (fe.cause ?? fe) as { code?: string | number; name?: string; message?: string };
-  // An AbortSignal timeout is a DOMException named TimeoutError whose numeric code says nothing.
-  const code = typeof cause.code === "string" ? cause.code : (cause.name ?? "");
-  const reason = /TimeoutError|ETIMEDOUT/.test(code)
+  if (settled) return new KfpError(`${what}: ${settled}`, undefined, error instanceof AnswerTooLarge || (error as FetchError).cause instanceof AnswerTooLarge, { cause: error });
+  const reason = timedOut
     ? `no answer within ${timeoutMs / 1000} s`
     : /ECONNREFUSED|ConnectionRefused/.test(code)
       ? `connection refused by ${host}: check --host/KFP_HOST and that the network lets this runner reach ml-pipeline`
       : /ENOTFOUND|EAI_AGAIN|DNS/.test(code)
         ? `cannot resolve ${new URL(host).hostname}: check --host/KFP_HOST`
-        : `network error (${code || cause.message || "connection lost"})`;
+        : `network error (${code || ((error as FetchError).cause as Error | undefined)?.message || (error as Error).message || "connection lost"})`;
   return new KfpError(`${what}: ${reason}`, undefined, true, { cause: error });
 }
 
@@ -1569,7 +1745,7 @@ export function kfpClient(
           // A read that meets a login page or a refused identity stops the run before it writes.
           if (failure.notKfp || failure.status === 401 || failure.status === 403) failure.onRead = true;
           if (!retryable(failure) || attempt >= cfg.retries) throw failure;
-          const delay = Math.min(8000, 250 * 2 ** attempt) * (0.75 + Math.random() * 0.5);
+          const delay = readBackoff(attempt);
           log.warn(`${failure.message}; retrying in ${(delay / 1000).toFixed(1)} s (${attempt + 1}/${cfg.retries})`);
           await sleep(delay);
         }
@@ -1843,8 +2019,8 @@ function withIdentityAdvice(ctx: UploadContext, error: unknown): unknown {
 
 /** Create, version or leave alone one compiled pipeline. Never deletes or overwrites. */
 export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: string): Promise<UploadOutcome> {
-  const done = (action: UploadAction, pipeline?: KfpPipeline, version?: KfpPipelineVersion): UploadOutcome => ({
-    action,
+  const done = (state: UploadState, pipeline?: KfpPipeline, version?: KfpPipelineVersion): UploadOutcome => ({
+    state,
     pipelineName: name,
     pipelineId: pipeline?.pipeline_id ?? version?.pipeline_id,
     versionId: version?.pipeline_version_id,
@@ -1866,9 +2042,9 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
 
   let plan = await planUpload(ctx, name, fingerprint);
   if (ctx.dryRun) {
-    if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), plan: "unchanged" };
+    if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), state: undefined, plan: "unchanged" };
     const pipelineId = plan.kind === "version" ? plan.pipeline.pipeline_id : undefined;
-    return { pipelineName: name, pipelineId, url: linkTo(ctx, pipelineId), plan: plan.kind === "create" ? "would create" : "would add version" };
+    return { pipelineName: name, pipelineId, url: linkTo(ctx, pipelineId), plan: plan.kind };
   }
 
   if (plan.kind === "create") {
@@ -1995,11 +2171,11 @@ export async function uploadAll(
       let outcome: UploadOutcome;
       const localProblem = checkUploadable(item.name, item.spec.yaml);
       if (stopped()) {
-        outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: "not uploaded: the run was interrupted" } };
+        outcome = { state: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: "not uploaded: the run was interrupted" } };
       } else if (halt.error) {
-        outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: `not uploaded: ${halt.error.message}` } };
+        outcome = { state: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: `not uploaded: ${halt.error.message}` } };
       } else if (localProblem) {
-        outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: localProblem } };
+        outcome = { state: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message: localProblem } };
       } else {
         try {
           outcome = await uploadOne(ctx, item.spec, item.name);
@@ -2007,13 +2183,123 @@ export async function uploadAll(
           // The first answer that rules out every later write stops them (one message, not one per pipeline).
           if (error instanceof KfpError && (error.notKfp || error.onRead)) halt.error ??= error;
           const message = error instanceof Error ? error.message : String(error);
-          outcome = { action: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message } };
+          outcome = { state: "failed", pipelineName: item.name, problem: { stage: "upload", file: item.spec.file.path, message } };
         }
       }
       onOutcome(item.spec, outcome, performance.now() - started);
     }
   };
   await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, specs.length)) }, worker));
+}
+
+/** Uploads in flight at once: the server validates each spec, so more only queue there. */
+const UPLOAD_CONCURRENCY = 4;
+
+/** One pipeline's upload outcome, by the file it came from; `ms` when a request was made for it. */
+export interface UploadRecord {
+  file: PipelineFile;
+  outcome: UploadOutcome;
+  ms?: number;
+}
+
+export interface UploadRun {
+  server?: Summary["server"];
+  uploads: UploadRecord[];
+}
+
+/** The log's words for a machine value of `plan`. */
+const PLAN_WORDS: Record<UploadPlan["kind"], string> = { create: "would create", version: "would add version", unchanged: "unchanged" };
+
+/** The description's kfp-sync line: where the spec came from, and the fingerprint "unchanged" compares. */
+function describeFor(cfg: Pick<Config, "commit" | "runUrl">): (spec: CompiledSpec) => string {
+  return (spec) =>
+    [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${spec.fingerprint}`].filter(Boolean).join(" · ");
+}
+
+/** Only servers from 2.17 on know the `tags` parameter; an older one would refuse the upload. */
+function tagsFor(cfg: Pick<Config, "commit">, server: ServerInfo): Record<string, string> | undefined {
+  if (!server.version || olderThan(server.version, "2.17.0")) return undefined;
+  return { "synced-by": "kfp-sync", ...(cfg.commit ? { commit: cfg.commit } : {}) };
+}
+
+/** The pipeline's name: the IR's, or the file's; with several pipelines from one file, the file's name alone would name them all alike. */
+function pipelineNameOf(spec: CompiledSpec, nameFrom: Config["nameFrom"]): string {
+  if (nameFrom === "ir") return spec.irName;
+  const f = spec.file;
+  return nameFromFile(f.oneOfSeveral ? `${f.path.replace(/\.py$/, "")}-${f.functionName}` : f.path);
+}
+
+/** Two files with one pipeline name would take turns versioning it: both are refused, each naming the other. */
+function nameClashes(named: { spec: CompiledSpec; name: string }[]): UploadRecord[] {
+  const byName = Map.groupBy(named, (n) => n.name);
+  return named
+    .filter((n) => byName.get(n.name)!.length > 1)
+    .map(({ spec, name }) => {
+      const others = byName.get(name)!.filter((o) => o.spec !== spec).map((o) => reportKey(o.spec.file));
+      const message = `pipeline name "${shown(name)}" is also the name of ${others.map(shown).join(", ")}: give each pipeline its own name (@dsl.pipeline(name=...))`;
+      return { file: spec.file, outcome: { state: "failed", pipelineName: name, problem: { stage: "upload", file: spec.file.path, message } } };
+    });
+}
+
+/** Stage 3: check the server, name the pipelines, upload each (or, in a dry run, plan it). */
+async function uploadStage(compiled: CompileRun, cfg: Config, run: RunContext): Promise<UploadRun> {
+  const log = run.log;
+  const specs = compiled.results.filter((r): r is Extract<CompileResult, { ok: true }> => r.ok);
+  if (!cfg.host) {
+    if (specs.length > 0) log.info("dry run without --host/KFP_HOST: nothing was compared with a server");
+    return { uploads: [] };
+  }
+  const failAll = (message: string): UploadRecord[] =>
+    specs.map((spec) => ({ file: spec.file, outcome: { state: "failed", pipelineName: spec.irName, problem: { stage: "upload", file: spec.file.path, message } } }));
+  if (specs.length === 0) return { uploads: [] };
+  if (run.stopped) return { uploads: failAll("not uploaded: the run was interrupted") };
+  const api = kfpClient(cfg, log, run.abort.signal);
+  const server: NonNullable<Summary["server"]> = { host: cfg.host };
+  try {
+    Object.assign(server, await preflight(api, cfg.namespace, cfg.shared));
+  } catch (error) {
+    if (error instanceof UsageError) throw error;
+    // The server is unreachable or refuses us: every pipeline fails the same way, say it once.
+    log.error((error as Error).message);
+    return { server, uploads: failAll((error as Error).message) };
+  }
+  const auth = cfg.auth.kind === "none" ? "no credentials" : `${cfg.auth.kind} from ${cfg.auth.source}`;
+  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? `multi-user (${cfg.shared ? "shared pipelines" : `namespace ${cfg.namespace}`})` : "single-user"}, ${auth}`);
+  const skew = skewWarning(server.version, compiled.kfp?.sdk);
+  if (skew) log.warn(skew);
+  const warned = new Set<string>();
+  const ctx: UploadContext = {
+    api,
+    namespace: cfg.namespace,
+    shared: cfg.shared,
+    multiUser: server.multiUser,
+    authKind: cfg.auth.kind,
+    warn: (message) => {
+      if (!warned.has(message)) log.warn(message);
+      warned.add(message);
+    },
+    halt: {},
+    versionTag: cfg.versionTag,
+    force: cfg.force,
+    dryRun: cfg.dryRun,
+    uiUrl: cfg.uiUrl ?? cfg.host,
+    tags: tagsFor(cfg, server),
+    describe: describeFor(cfg),
+  };
+  const named = specs.map((spec) => ({ spec, name: pipelineNameOf(spec, cfg.nameFrom) }));
+  const uploads = nameClashes(named);
+  for (const { file, outcome } of uploads) log.error(`${shown(file.path)}: ${outcome.problem!.message}`);
+  const clashing = new Set(uploads.map((u) => u.file));
+  const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
+    uploads.push({ file: spec.file, outcome, ms });
+    const { pipelineName: name, state, plan, versionName, problem } = outcome;
+    if (problem) log.error(`${shown(name)}: ${problem.message}`);
+    else log.success(`${shown(name)}: ${plan ? PLAN_WORDS[plan] : state}${versionName ? ` (${versionName})` : ""}`);
+  };
+  await uploadAll(ctx, named.filter((n) => !clashing.has(n.spec.file)), UPLOAD_CONCURRENCY, record, () => run.stopped);
+  // A read answered by a login page or a web page: a setup mistake found before writing (exit 2).
+  if (ctx.halt?.error?.notKfp && ctx.halt.error.onRead) throw new UsageError(ctx.halt.error.message, { cause: ctx.halt.error });
+  return { server, uploads };
 }
 
 // ─── 4. Notify ───────────────────────────────────────────────────────────────────────────────────
@@ -2130,7 +2416,7 @@ export function fitList(items: string[], budget: number | ((text: string) => boo
 
 export function buildNotification(summary: Summary, topic: string, repository?: string, uiUrl?: string): Notification {
   const c = summary.counts;
-  const failedNames = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? pipelineLabel(p)));
+  const failedNames = summary.pipelines.filter((p) => p.state === "failed").map((p) => shown(p.name ?? pipelineLabel(p)));
   const what = repository ? `${repository}: ` : "";
   const title = summary.interrupted
     ? `${what}kfp-sync interrupted (${summary.interrupted})`
@@ -2169,52 +2455,109 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   return { topic, title, message: counts, priority: note.priority, tags: note.tags };
 }
 
+export interface NtfyClient {
+  /** Publish, best effort; `tries` bounds the retries of ntfy's request limit. */
+  publish(note: Notification, timeoutMs: number, stop?: AbortSignal, tries?: number): Promise<void>;
+}
+
 /**
- * Publish, best effort. The request limit (429/42901) is retried with backoff, as ntfy sends no
- * Retry-After; too many failed logins (429/42909) is not, since ntfy now refuses every login
- * from this address for a while and each try would only count as one more failure.
+ * The one client for ntfy: topic root and auth in one place. The request limit (429/42901) is
+ * retried with backoff, as ntfy sends no Retry-After and refuses before it publishes; too many
+ * failed logins (429/42909) is not, since ntfy now refuses every login from this address for a
+ * while and each try would only count as one more failure. Nothing else is retried.
  */
+export function ntfyClient(ntfy: NonNullable<Config["ntfy"]>, sleep: (ms: number) => Promise<void> = Bun.sleep): NtfyClient {
+  const { root } = ntfyTarget(ntfy.url);
+  const auth = ntfyAuthorization(ntfy.token);
+  const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false }, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) });
+  return {
+    async publish(note, timeoutMs, stop = new AbortController().signal, tries = 4) {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await $ntfy(root, { method: "POST", body: note, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) });
+          return;
+        } catch (error) {
+          const { status, data, settled, timedOut } = peerFailure(error, ntfy.url);
+          const code = (data as { code?: unknown } | undefined)?.code;
+          if (status === 429 && code !== 42909 && attempt < tries && !stop.aborted) {
+            await sleep(1000 * 2 ** (attempt - 1));
+            continue;
+          }
+          if (settled) throw new Error(`notification not sent: ${settled}`, { cause: error });
+          const fe = error as FetchError;
+          const detail = serverMessage(data);
+          const hint =
+            status === 401 || status === 403
+              ? "check NTFY_TOKEN (a tk_ token or user:password) and that it may write to the topic"
+              : status === 429 && code === 42909
+                ? "earlier credentials from this address were refused too often, so ntfy refuses every login from it for now: wait a minute, then check NTFY_TOKEN"
+                : status === 429
+                  ? `ntfy rate-limited this runner; gave up after ${attempt} ${attempt === 1 ? "try" : "tries"}`
+                  : status
+                    ? ""
+                    : timedOut
+                      ? `no answer from ${new URL(root).host} within ${timeoutMs / 1000} s`
+                      : `cannot reach ${new URL(root).host}`;
+          const what = stop.aborted ? "the run was interrupted" : status ? `HTTP ${status}` : ((fe.cause as Error)?.message ?? fe.message);
+          throw new Error(`notification not sent: ${what}${detail ? ` — ${detail}` : ""}${hint && !stop.aborted ? ` (${hint})` : ""}`, { cause: error });
+        }
+      }
+    },
+  };
+}
+
+/** One publish with a client of its own (tests; the run builds one client in notifyStage). */
 export async function publish(
   ntfy: NonNullable<Config["ntfy"]>,
   note: Notification,
   timeoutMs: number,
-  stop: AbortSignal = new AbortController().signal,
+  stop?: AbortSignal,
   sleep: (ms: number) => Promise<void> = Bun.sleep,
   tries = 4,
 ): Promise<void> {
-  const { root } = ntfyTarget(ntfy.url);
-  const auth = ntfyAuthorization(ntfy.token);
-  const $ntfy = ofetch.create({ headers: auth ? { Authorization: auth } : {}, retry: false }, { fetch: cappedFetch(MAX_SMALL_ANSWER_BYTES) });
-  for (let attempt = 1; ; attempt++) {
+  return ntfyClient(ntfy, sleep).publish(note, timeoutMs, stop, tries);
+}
+
+/** Stage 4: tell ntfy how the run went. Returns the problem a failed notification is; never fails the sync itself. */
+async function notifyStage(summary: Summary, cfg: Config, env: Env, run: RunContext): Promise<Problem[]> {
+  const log = run.log;
+  if (!cfg.ntfy) {
+    // An unset secret reaches the job as an empty string: say so, or a typo in its name goes unseen.
+    log.info("no --ntfy-url/NTFY_URL: no notification is sent");
+    return [];
+  }
+  const ntfy = cfg.ntfy;
+  const client = ntfyClient(ntfy);
+  const topic = ntfyTarget(ntfy.url).topic;
+  const noteOf = (s: Summary) => run.out.scrubbed(buildNotification(s, topic, env.GITHUB_REPOSITORY, s.server ? cfg.uiUrl : undefined));
+  const where = ntfy.url.split("?")[0];
+  if (cfg.dryRun) {
+    log.info(`dry run: would notify ${where}:\n${JSON.stringify(noteOf(summary), null, 2)}`);
+    return [];
+  }
+  const failed = (message: string): Problem[] => {
+    const problem: Problem = { stage: "notify", message, hint: ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
+    if (ntfy.required) log.error(problem.message);
+    else log.warn(`${problem.message} — the sync itself is unaffected`);
+    return [problem];
+  };
+  if (!run.stopped) {
     try {
-      await $ntfy(root, { method: "POST", body: note, signal: AbortSignal.any([stop, AbortSignal.timeout(timeoutMs)]) });
-      return;
+      await client.publish(noteOf(summary), cfg.httpTimeoutMs, run.abort.signal);
+      log.success(`notified ${where}`);
+      return [];
     } catch (error) {
-      const fe = error as FetchError;
-      const status = fe.response?.status;
-      const code = (fe.data as { code?: unknown } | undefined)?.code;
-      if (status === 429 && code !== 42909 && attempt < tries && !stop.aborted) {
-        await sleep(1000 * 2 ** (attempt - 1));
-        continue;
-      }
-      const settled = status ? undefined : answerProblem(error, ntfy.url);
-      if (settled) throw new Error(`notification not sent: ${settled}`, { cause: error });
-      const detail = serverMessage(fe.data);
-      const hint =
-        status === 401 || status === 403
-          ? "check NTFY_TOKEN (a tk_ token or user:password) and that it may write to the topic"
-          : status === 429 && code === 42909
-            ? "earlier credentials from this address were refused too often, so ntfy refuses every login from it for now: wait a minute, then check NTFY_TOKEN"
-            : status === 429
-              ? `ntfy rate-limited this runner; gave up after ${attempt} ${attempt === 1 ? "try" : "tries"}`
-              : status
-                ? ""
-                : (fe.cause as Error)?.name === "TimeoutError"
-                  ? `no answer from ${new URL(root).host} within ${timeoutMs / 1000} s`
-                  : `cannot reach ${new URL(root).host}`;
-      const what = stop.aborted ? "the run was interrupted" : status ? `HTTP ${status}` : ((fe.cause as Error)?.message ?? fe.message);
-      throw new Error(`notification not sent: ${what}${detail ? ` — ${detail}` : ""}${hint && !stop.aborted ? ` (${hint})` : ""}`, { cause: error });
+      if (!run.stopped) return failed((error as Error).message);
     }
+  }
+  // The signal cut every request in flight, this one's too. One short try of its own, not
+  // retried, so that a stopped job still says it stopped; a second signal exits at once.
+  try {
+    await client.publish(noteOf({ ...summary, interrupted: run.signal }), Math.min(cfg.httpTimeoutMs, INTERRUPTED_NOTICE_MS), undefined, 1);
+    log.info(`notified ${where} that the run was interrupted`);
+    return [];
+  } catch (error) {
+    return failed(`the run was interrupted; ${(error as Error).message}`);
   }
 }
 
@@ -2238,16 +2581,17 @@ function summaryJson(summary: Summary): string {
 
 export function countsOf(pipelines: PipelineReport[]): Summary["counts"] {
   const n = (f: (p: PipelineReport) => boolean) => pipelines.filter(f).length;
-  const created = n((p) => p.action === "created");
-  const versioned = n((p) => p.action === "versioned");
+  const created = n((p) => p.state === "created");
+  const versioned = n((p) => p.state === "versioned");
   return {
     found: pipelines.length,
-    compiled: n((p) => p.status === "compiled"),
+    // An upload failure was compiled first; a discover or compile failure was not.
+    compiled: n((p) => p.state !== "failed" || p.error?.stage === "upload"),
     uploaded: created + versioned, // both 0 in a dry run
     created,
     versioned,
-    unchanged: n((p) => p.action === "unchanged"),
-    failed: n((p) => p.status === "failed" || p.action === "failed"),
+    unchanged: n((p) => p.state === "unchanged" || p.plan === "unchanged"),
+    failed: n((p) => p.state === "failed"),
   };
 }
 
@@ -2259,7 +2603,7 @@ function outputEntry(name: string, value: string): string {
 }
 
 export function actionsOutputs(summary: Summary): string {
-  const failed = summary.pipelines.filter((p) => p.status === "failed" || p.action === "failed").map((p) => shown(p.name ?? pipelineLabel(p)));
+  const failed = summary.pipelines.filter((p) => p.state === "failed").map((p) => shown(p.name ?? pipelineLabel(p)));
   return [
     outputEntry("compiled", String(summary.counts.compiled)),
     outputEntry("uploaded", String(summary.counts.uploaded)),
@@ -2279,7 +2623,7 @@ function cell(text: string | undefined): string {
 export function stepSummary(summary: Summary): string {
   const c = summary.counts;
   const rows = summary.pipelines.map((p) => {
-    const result = p.status === "failed" ? "❌ compile failed" : p.action === "failed" ? "❌ upload failed" : p.plan ?? p.action ?? "compiled";
+    const result = p.state === "failed" ? `❌ ${p.error?.stage === "upload" ? "upload" : "compile"} failed` : p.plan ? PLAN_WORDS[p.plan] : p.state;
     const version = p.url ? `[${p.versionName ?? "open"}](${p.url})` : (p.versionName ?? "");
     const error = p.error ? `${p.error.line ? `line ${p.error.line}: ` : ""}${p.error.message}` : "";
     return `| ${cell(shown(p.name ?? ""))} | \`${cell(shown(p.file))}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
@@ -2306,12 +2650,12 @@ export function annotations(summary: Summary): string[] {
 }
 
 /** Write the Actions outputs and step summary where the runner provides them. */
-export function writeActionsFiles(summary: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void }): void {
+export function writeActionsFiles(summary: Summary, env: Env, out: Writer, log: { warn(msg: string): void }): void {
   const outputFile = env.GITHUB_OUTPUT || env.GITEA_OUTPUT;
   const summaryFile = env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY;
   const append = (file: string, text: string, what: string) => {
     try {
-      fs.appendFileSync(file, scrub(text, secrets), "utf8");
+      out.write({ file }, text);
     } catch (error) {
       log.warn(`cannot write ${what} to ${file}: ${(error as Error).message}`);
     }
@@ -2321,13 +2665,13 @@ export function writeActionsFiles(summary: Summary, env: Env, secrets: string[],
 }
 
 /** Stage 5: JSON on stdout, Actions files where the runner gives them, annotations on GitHub, a last line. */
-export function report(raw: Summary, env: Env, secrets: string[], log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }, ntfyRequired = false): void {
-  const summary = scrubbed(raw, secrets); // every output below is built from this one
-  process.stdout.write(scrub(summaryJson(summary), secrets) + "\n");
-  writeActionsFiles(summary, env, secrets, log);
+export function report(raw: Summary, env: Env, out: Writer, log: { warn(msg: string): void; log(msg: string): void; error(msg: string): void; success(msg: string): void }, ntfyRequired = false): void {
+  const summary = out.scrubbed(raw); // every output below is built from this one
+  out.write("stdout", summaryJson(summary) + "\n");
+  writeActionsFiles(summary, env, out, log);
   if (env.GITHUB_STEP_SUMMARY || env.GITEA_STEP_SUMMARY) log.log(stepSummary(summary)); // Gitea < 1.27 ignores the file
   const onGitHub = truthy(env.GITHUB_ACTIONS) && !truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS);
-  if (onGitHub) for (const line of annotations(summary)) process.stderr.write(scrub(line, secrets) + "\n");
+  if (onGitHub) for (const line of annotations(summary)) out.write("stderr", line + "\n");
   const c = summary.counts;
   const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed · ${(summary.durationMs / 1000).toFixed(1)} s`;
   // The last line is what people read: with --ntfy-required a lost notification fails the run, say so.
@@ -2337,228 +2681,45 @@ export function report(raw: Summary, env: Env, secrets: string[], log: { warn(ms
   else log.success(line);
 }
 
-// ─── Main ────────────────────────────────────────────────────────────────────────────────────────
-
-type Log = ReturnType<typeof createLog>;
-
-function createLog(verbose: boolean, secrets: () => string[]) {
-  const icons: Record<string, string> = { error: "✖", fatal: "✖", warn: "⚠", success: "✔", info: "ℹ", start: "◐", ready: "✔", debug: "⚙", log: "" };
-  const reporter: ConsolaReporter = {
-    log(entry) {
-      const text = entry.args.map((a) => (a instanceof Error ? (verbose ? (a.stack ?? a.message) : a.message) : String(a))).join(" ");
-      const icon = icons[entry.type] ?? "";
-      process.stderr.write(scrub(`${icon ? `${icon} ` : ""}${text}\n`, secrets()));
-    },
-  };
-  return createConsola({ level: verbose ? 4 : 3, reporters: [reporter] });
-}
-
-export interface RunState {
-  stopped: boolean;
-  signal?: "SIGINT" | "SIGTERM";
-  /** Aborted with the signal: HTTP in flight ends at once. */
-  abort: AbortController;
-}
-
-/** The whole job: find → compile → upload → notify. Returns the summary; never throws for one pipeline's failure. */
-export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Promise<Summary> {
-  const started = performance.now();
-  const reports = new Map<string, PipelineReport>(); // by file; each stage fills in its part
-  const found = findStage(cfg, log, reports);
-  const compiled = await compileStage(found.files, cfg, log, reports);
-  const server = await uploadStage(compiled, cfg, log, reports, state);
-  const summary = summarize(cfg, compiled.kfp, server, reports, state, found.notes);
-  summary.problems.push(...compiled.unkept);
-  await notifyStage(summary, cfg, env, log, state);
-  summary.interrupted = state.signal; // a signal during notify counts too
-  summary.durationMs = Math.round(performance.now() - started);
-  return summary;
-}
-
-function findStage(cfg: Config, log: Log, reports: Map<string, PipelineReport>): Discovery {
-  const found = discover(cfg);
-  for (const p of found.problems) {
-    log.error(`${shown(p.file!)}: ${p.message}`);
-    reports.set(p.file!, { file: p.file!, status: "failed", error: p, timings: {} });
-  }
-  for (const n of found.notes) log.warn(n.file ? `${shown(n.file)}: ${n.message}` : n.message);
-  const files = new Set(found.files.map((f) => f.path)).size;
-  const several = files < found.files.length ? ` (${found.files.length} pipelines)` : "";
-  log.info(`found ${files} pipeline file${files === 1 ? "" : "s"}${several}${found.problems.length ? `, ${found.problems.length} unreadable` : ""}`);
-  return found;
-}
-
-/** A pipeline's key in the run's reports: its file, and its function when one was chosen. */
-function reportKey(file: PipelineFile): string {
-  return pipelineLabel({ file: file.path, function: file.functionName });
-}
-
-async function compileStage(files: PipelineFile[], cfg: Config, log: Log, reports: Map<string, PipelineReport>): Promise<CompileRun & { unkept: Problem[] }> {
-  const compiled = await compileAll(files, cfg, (r) => {
-    if (r.ok) log.success(`${shown(r.file.path)} → ${shown(r.irName)} (${Math.round(r.ms)} ms)`);
-    else log.error(`${shown(r.problem.file ?? r.file.path)}${r.problem.line ? `:${r.problem.line}` : ""}: ${r.file.functionName ? `${r.file.functionName}: ` : ""}${r.problem.message}`);
-  });
-  // An out dir that cannot be written fails a real run's pipelines; a dry run keeps no YAML anyway.
-  const unkept: Problem[] = [];
-  const hint = "make the out dir writable, or point --out-dir/KFP_SYNC_OUT_DIR at a folder that is";
-  compiled.results = compiled.results.map((r) => {
-    if (!r.ok || !r.notKept) return r;
-    const message = `cannot write the compiled YAML to ${shown(path.relative(cfg.cwd, r.output) || r.output)}: ${r.notKept}`;
-    if (cfg.dryRun) {
-      unkept.push({ stage: "compile", file: r.file.path, message: `compiled in a temporary folder; the YAML was not kept: ${message}`, hint });
-      log.warn(`${shown(r.file.path)}: the YAML was not kept: ${message}`);
-      return r;
-    }
-    log.error(`${shown(r.file.path)}: ${message}`);
-    return { ok: false, file: r.file, ms: r.ms, problem: { stage: "compile", file: r.file.path, message, hint } };
-  });
+/** The run's record, one entry per pipeline, built from what each stage returned. */
+function summarize(cfg: Config, found: Discovery, compiled: CompileRun & { unkept: Problem[] }, uploaded: UploadRun, run: RunContext): Summary {
+  const reports = new Map<string, PipelineReport>();
+  for (const p of found.problems) reports.set(p.file!, { file: p.file!, state: "failed", error: p, timings: {} });
   for (const r of compiled.results) {
     const fn = r.file.functionName;
     reports.set(
       reportKey(r.file),
       r.ok
-        ? { file: r.file.path, function: fn, name: r.irName, output: r.notKept ? undefined : path.relative(cfg.cwd, r.output) || r.output, status: "compiled", timings: { compileMs: r.ms } }
-        : { file: r.file.path, function: fn, status: "failed", error: r.problem, timings: { compileMs: r.ms } },
+        ? { file: r.file.path, function: fn, name: r.irName, output: r.notKept ? undefined : path.relative(cfg.cwd, r.output) || r.output, state: "compiled", timings: { compileMs: r.ms } }
+        : { file: r.file.path, function: fn, state: "failed", error: r.problem, timings: { compileMs: r.ms } },
     );
   }
-  return { ...compiled, unkept };
-}
-
-async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports: Map<string, PipelineReport>, state: RunState): Promise<Summary["server"]> {
-  const specs = compiled.results.filter((r): r is Extract<CompileResult, { ok: true }> => r.ok);
-  if (!cfg.host) {
-    if (specs.length > 0) log.info("dry run without --host/KFP_HOST: nothing was compared with a server");
-    return undefined;
+  for (const { file, outcome, ms } of uploaded.uploads) {
+    const report = reports.get(reportKey(file))!;
+    const { pipelineName: name, state, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
+    Object.assign(report, { name, state: state ?? report.state, plan, pipelineId, versionId, versionName, url, error });
+    if (ms !== undefined) report.timings.uploadMs = Math.round(ms);
   }
-  const failAll = (message: string) => {
-    for (const spec of specs) Object.assign(reports.get(reportKey(spec.file))!, { action: "failed", error: { stage: "upload", file: spec.file.path, message } });
-  };
-  if (specs.length === 0) return undefined;
-  if (state.stopped) {
-    failAll("not uploaded: the run was interrupted");
-    return undefined;
-  }
-  const api = kfpClient(cfg, log, state.abort.signal);
-  const server: NonNullable<Summary["server"]> = { host: cfg.host };
-  try {
-    Object.assign(server, await preflight(api, cfg.namespace, cfg.shared));
-  } catch (error) {
-    if (error instanceof UsageError) throw error;
-    // The server is unreachable or refuses us: every pipeline fails the same way, say it once.
-    log.error((error as Error).message);
-    failAll((error as Error).message);
-    return server;
-  }
-  const auth = cfg.auth.kind === "none" ? "no credentials" : `${cfg.auth.kind} from ${cfg.auth.source}`;
-  log.info(`KFP server ${cfg.host}: version ${server.version ?? "unknown"}, ${server.multiUser ? `multi-user (${cfg.shared ? "shared pipelines" : `namespace ${cfg.namespace}`})` : "single-user"}, ${auth}`);
-  const skew = skewWarning(server.version, compiled.kfp?.sdk);
-  if (skew) log.warn(skew);
-  const warned = new Set<string>();
-  const ctx: UploadContext = {
-    api,
-    namespace: cfg.namespace,
-    shared: cfg.shared,
-    multiUser: server.multiUser,
-    authKind: cfg.auth.kind,
-    warn: (message) => {
-      if (!warned.has(message)) log.warn(message);
-      warned.add(message);
-    },
-    halt: {},
-    versionTag: cfg.versionTag,
-    force: cfg.force,
-    dryRun: cfg.dryRun,
-    uiUrl: cfg.uiUrl ?? cfg.host,
-    tags: !server.version || olderThan(server.version, "2.17.0") ? undefined : { "synced-by": "kfp-sync", ...(cfg.commit ? { commit: cfg.commit } : {}) },
-    describe: (spec) =>
-      [`Synced by kfp-sync from ${spec.file.path}`, cfg.commit && `commit ${cfg.commit}`, cfg.runUrl && `run ${cfg.runUrl}`, `kfp-sync spec sha256:${spec.fingerprint}`].filter(Boolean).join(" · "),
-  };
-  // With several pipelines from one file, the file's name alone would name them all alike.
-  const fileName = (f: PipelineFile) => nameFromFile(f.oneOfSeveral ? `${f.path.replace(/\.py$/, "")}-${f.functionName}` : f.path);
-  const named = specs.map((spec) => ({ spec, name: cfg.nameFrom === "file" ? fileName(spec.file) : spec.irName }));
-  // Two files with one pipeline name would take turns versioning it: refuse both, name the other.
-  const filesByName = Map.groupBy(named, (n) => n.name);
-  const clashing = named.filter((n) => filesByName.get(n.name)!.length > 1);
-  for (const { spec, name } of clashing) {
-    const others = filesByName.get(name)!.filter((o) => o.spec !== spec).map((o) => reportKey(o.spec.file));
-    const message = `pipeline name "${shown(name)}" is also the name of ${others.map(shown).join(", ")}: give each pipeline its own name (@dsl.pipeline(name=...))`;
-    Object.assign(reports.get(reportKey(spec.file))!, { name, action: "failed", error: { stage: "upload", file: spec.file.path, message } });
-    log.error(`${shown(spec.file.path)}: ${message}`);
-  }
-  const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
-    const report = reports.get(reportKey(spec.file))!;
-    const { pipelineName: name, action, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
-    Object.assign(report, { name, action, plan, pipelineId, versionId, versionName, url, error });
-    report.timings.uploadMs = Math.round(ms);
-    if (error) log.error(`${shown(name)}: ${error.message}`);
-    else log.success(`${shown(name)}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
-  };
-  await uploadAll(ctx, named.filter((n) => !clashing.includes(n)), 4, record, () => state.stopped);
-  // A read answered by a login page or a web page: a setup mistake found before writing (exit 2).
-  if (ctx.halt?.error?.notKfp && ctx.halt.error.onRead) throw new UsageError(ctx.halt.error.message, { cause: ctx.halt.error });
-  return server;
-}
-
-function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"], reports: Map<string, PipelineReport>, state: RunState, notes: Problem[]): Summary {
   const pipelines = [...reports.values()].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
   return {
     schemaVersion: SUMMARY_SCHEMA_VERSION,
     tool: { name: "kfp-sync", version: VERSION },
-    kfp,
-    server,
+    kfp: compiled.kfp,
+    server: uploaded.server,
     dryRun: cfg.dryRun,
     versionTag: cfg.versionTag,
     commit: cfg.commit,
     runUrl: cfg.runUrl,
     counts: countsOf(pipelines),
     pipelines,
-    problems: pipelines.flatMap((p) => (p.error ? [p.error] : [])),
-    notes: notes.length > 0 ? notes : undefined,
-    interrupted: state.signal,
+    problems: [...pipelines.flatMap((p) => (p.error ? [p.error] : [])), ...compiled.unkept],
+    notes: found.notes.length > 0 ? found.notes : undefined,
+    interrupted: run.signal,
     durationMs: 0,
   };
 }
 
-async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, state: RunState): Promise<void> {
-  if (!cfg.ntfy) {
-    // An unset secret reaches the job as an empty string: say so, or a typo in its name goes unseen.
-    log.info("no --ntfy-url/NTFY_URL: no notification is sent");
-    return;
-  }
-  const ntfy = cfg.ntfy;
-  const topic = ntfyTarget(ntfy.url).topic;
-  const noteOf = (s: Summary) =>
-    scrubbed(buildNotification(s, topic, env.GITHUB_REPOSITORY, s.server ? cfg.uiUrl : undefined), cfg.secrets);
-  const where = ntfy.url.split("?")[0];
-  if (cfg.dryRun) {
-    log.info(`dry run: would notify ${where}:\n${JSON.stringify(noteOf(summary), null, 2)}`);
-    return;
-  }
-  const fail = (message: string) => {
-    const problem: Problem = { stage: "notify", message, hint: ntfy.required ? undefined : "best effort: the sync itself is unaffected" };
-    summary.problems.push(problem);
-    if (ntfy.required) log.error(problem.message);
-    else log.warn(`${problem.message} — the sync itself is unaffected`);
-  };
-  if (!state.stopped) {
-    try {
-      await publish(ntfy, noteOf(summary), cfg.httpTimeoutMs, state.abort.signal);
-      log.success(`notified ${where}`);
-      return;
-    } catch (error) {
-      if (!state.stopped) return fail((error as Error).message);
-    }
-  }
-  // The signal cut every request in flight, this one's too. One short try of its own, not
-  // retried, so that a stopped job still says it stopped; a second signal exits at once.
-  summary.interrupted = state.signal;
-  try {
-    await publish(ntfy, noteOf(summary), Math.min(cfg.httpTimeoutMs, INTERRUPTED_NOTICE_MS), undefined, undefined, 1);
-    log.info(`notified ${where} that the run was interrupted`);
-  } catch (error) {
-    fail(`the run was interrupted; ${(error as Error).message}`);
-  }
-}
+// ─── Main ────────────────────────────────────────────────────────────────────────────────────────
 
 /** 0 all good, 1 something failed, 2 usage (raised before), 130/143 interrupted. */
 export function exitCodeOf(summary: Summary, ntfyRequired: boolean): number {
@@ -2568,69 +2729,59 @@ export function exitCodeOf(summary: Summary, ntfyRequired: boolean): number {
   return 0;
 }
 
-const command = defineCommand({
-  meta: { name: "kfp-sync", version: VERSION, description: "Find, compile and upload Kubeflow Pipelines in one step" },
-  args,
-  async run({ args: parsed, rawArgs }) {
-    const env = process.env as Env;
-    const cfg = resolveConfig(parsed, rawArgs, env, process.cwd(), new Date());
-    const secrets = cfg.secrets;
-    activeSecrets = secrets;
-    const log = createLog(cfg.verbose, () => secrets);
+/** The whole job: find → compile → upload → notify, each stage's results handed to the next. Never throws for one pipeline's failure. */
+export async function sync(cfg: Config, env: Env, run: RunContext): Promise<Summary> {
+  const started = performance.now();
+  const found = findStage(cfg, run.log);
+  const compiled = await compileStage(found.files, cfg, run);
+  const uploaded = await uploadStage(compiled, cfg, run);
+  const summary = summarize(cfg, found, compiled, uploaded, run);
+  const notified = await notifyStage(summary, cfg, env, run);
+  // A signal during notify counts too.
+  return { ...summary, problems: [...summary.problems, ...notified], interrupted: run.signal, durationMs: Math.round(performance.now() - started) };
+}
 
-    const state: RunState = { stopped: false, abort: new AbortController() };
-    const onSignal = (signal: "SIGINT" | "SIGTERM") => {
-      if (state.stopped) process.exit(signal === "SIGINT" ? 130 : 143);
-      log.warn(`${signal}: stopping; reporting what was done`);
-      state.stopped = true;
-      state.signal = signal;
-      state.abort.abort();
-      running.stopping = true;
-      running.driver?.kill("SIGTERM");
-    };
-    process.on("SIGINT", () => onSignal("SIGINT"));
-    process.on("SIGTERM", () => onSignal("SIGTERM"));
-    // Only a run that talks to servers asks Gitea for its version (a dry run without a host stays offline).
-    if (!cfg.runUrl) {
-      const giteaVersion = cfg.host ? await giteaVersionOf(env) : undefined;
-      cfg.runUrl = runUrlFrom(env, giteaVersion);
-      // The link's shape depends on the version; say which was seen, so a wrong link can be traced.
-      if (cfg.runUrl && !env.KFP_SYNC_RUN_URL && truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS)) log.info(`Gitea ${giteaVersion ?? "version unknown"}: this run is ${cfg.runUrl}`);
-    }
+function commandFor(run: RunContext, env: Env) {
+  return defineCommand({
+    meta: { name: "kfp-sync", version: VERSION, description: "Find, compile and upload Kubeflow Pipelines in one step" },
+    args,
+    async run({ args: parsed, rawArgs }) {
+      const cfg = resolveConfig(parsed, rawArgs, env, process.cwd(), new Date());
+      run.log = createLog(cfg.verbose, run.out);
+      process.on("SIGINT", () => stopRun(run, "SIGINT"));
+      process.on("SIGTERM", () => stopRun(run, "SIGTERM"));
+      cfg.runUrl = await resolveRunUrl(cfg, env, run.log);
+      const summary = await sync(cfg, env, run);
+      report(summary, env, run.out, run.log, cfg.ntfy?.required ?? false);
+      run.exitCode = exitCodeOf(summary, cfg.ntfy?.required ?? false);
+    },
+  });
+}
 
-    const summary = await sync(cfg, log, env, state);
-    report(summary, env, secrets, log, cfg.ntfy?.required ?? false);
-    process.exitCode = exitCodeOf(summary, cfg.ntfy?.required ?? false);
-  },
-});
-
-/** The secrets of the running configuration, for errors that escape the run. */
-let activeSecrets: string[] = [];
-
-export async function main(rawArgs: string[]): Promise<number> {
+export async function main(rawArgs: string[], env: Env = process.env as Env): Promise<number> {
+  const run = runContext(secretsOf(env, rawArgs), rawArgs.includes("--verbose"));
   if (rawArgs.includes("--version")) {
-    process.stdout.write(`${VERSION}\n`);
+    run.out.write("stdout", `${VERSION}\n`);
     return 0;
   }
+  const command = commandFor(run, env);
   if (rawArgs.includes("--help") || rawArgs.includes("-h")) {
-    process.stdout.write(`${await renderUsage(command)}\n`);
+    run.out.write("stdout", `${await renderUsage(command)}\n`);
     return 0;
   }
   const unknown = unknownFlags(rawArgs, args);
   if (unknown.length > 0) {
-    process.stderr.write(`✖ unknown option${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")}: see kfp-sync --help\n`);
+    run.out.write("stderr", `✖ unknown option${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")}: see kfp-sync --help\n`);
     return 2;
   }
   try {
     await runCommand(command, { rawArgs });
-    return Number(process.exitCode ?? 0);
+    return run.exitCode;
   } catch (error) {
     const usage = error instanceof UsageError || (error as Error).name === "CLIError";
-    const fromInput = [process.env.KFP_TOKEN, process.env.KFP_COOKIE, process.env.NTFY_TOKEN, ...repeatedFlag(rawArgs, "token"), ...repeatedFlag(rawArgs, "ntfy-token")];
-    const secrets = [...activeSecrets, ...secretForms(fromInput)];
     const verbose = rawArgs.includes("--verbose");
     const text = verbose ? ((error as Error).stack ?? String(error)) : (error as Error).message;
-    process.stderr.write(scrub(`✖ ${text}\n`, secrets));
+    run.out.write("stderr", `✖ ${text}\n`);
     return usage ? 2 : 1;
   }
 }

@@ -3,34 +3,12 @@ import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { runUrlFrom } from "../kfp-sync.ts";
-import { examplesCopy, run, scratch } from "./helpers";
+import { examplesCopy, parseOutputs, run, scratch, withServer } from "./helpers";
 import { startKfpServer } from "./kfp-server";
-
-/** Parse GITHUB_OUTPUT the way the runner does: `name=value` lines and `name<<DELIM` blocks. */
-function parseOutputs(text: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!;
-    if (line === "") continue;
-    const heredoc = /^([^=<]+)<<(.+)$/.exec(line);
-    if (heredoc) {
-      const end = lines.indexOf(heredoc[2]!, i + 1);
-      expect(end).toBeGreaterThan(i);
-      out.set(heredoc[1]!, lines.slice(i + 1, end).join("\n"));
-      i = end;
-    } else {
-      const eq = line.indexOf("=");
-      out.set(line.slice(0, eq), line.slice(eq + 1));
-    }
-  }
-  return out;
-}
 
 describe("actions integration", () => {
   test("GITHUB_OUTPUT: exact names and values, multi-line values as name<<DELIMITER, UTF-8 without BOM", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const dir = examplesCopy();
       fs.writeFileSync(path.join(dir, "broken_pipeline.py"), "def x(:\n");
       fs.writeFileSync(path.join(dir, "also_broken_pipeline.py"), "import nope_nope\n");
@@ -52,9 +30,7 @@ describe("actions integration", () => {
       expect(o.get("failed_pipelines")).toBe("also_broken_pipeline.py\nbroken_pipeline.py");
       expect(text).toMatch(/^failed_pipelines<<ghadelimiter_[0-9a-f-]{36}$/m);
       expect(JSON.parse(o.get("summary_json")!)).toEqual(r.json());
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("GITEA_OUTPUT is honoured when GITHUB_OUTPUT is not set", async () => {
@@ -67,8 +43,7 @@ describe("actions integration", () => {
   });
 
   test("the version output is empty when the run created no version (everything unchanged)", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const dir = examplesCopy();
       const first = path.join(scratch(), "first");
       const second = path.join(scratch(), "second");
@@ -80,9 +55,7 @@ describe("actions integration", () => {
       const o = parseOutputs(fs.readFileSync(second, "utf8"));
       expect(o.get("uploaded")).toBe("0");
       expect(o.get("version")).toBe("");
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("step summary: a Markdown table in GITHUB_STEP_SUMMARY, also printed to the log", async () => {

@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { args } from "../kfp-sync.ts";
 import pkg from "../package.json";
-import { BIN, EXAMPLES, ROOT, run, scratch } from "./helpers";
+import { BIN, ensureFreshBinary, EXAMPLES, ROOT, run, scratch } from "./helpers";
 
 describe("cli", () => {
   test("--version and --help work with an empty environment and no Bun on PATH", async () => {
@@ -43,13 +43,12 @@ describe("cli", () => {
   });
 
   test("an unreadable token file is a usage error that says so", async () => {
-    if (process.getuid?.() === 0) {
-      // root reads any file; a folder in its place is unreadable for everyone.
-      const r = await run(["--dry-run", "--host", "http://127.0.0.1:9"], { cwd: EXAMPLES, env: { KF_PIPELINES_SA_TOKEN_PATH: scratch() } });
-      expect(r.code).toBe(2);
-      expect(r.stderr).toContain("cannot read the token file");
-      return;
-    }
+    // A folder in the file's place is unreadable for everyone, root included (a chmod 000 file is not).
+    const folder = scratch();
+    const r = await run(["--dry-run", "--host", "http://127.0.0.1:9"], { cwd: EXAMPLES, env: { KF_PIPELINES_SA_TOKEN_PATH: folder } });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`cannot read the token file ${folder} (EISDIR): check its permissions`);
+    expect(r.stdout).toBe("");
   });
 
   test("the summary: one JSON document on stdout, versioned schema, every field documented in the README", async () => {
@@ -57,7 +56,7 @@ describe("cli", () => {
     const r = await run(["--dry-run", "--out-dir", out, "--version-tag", "v20260213-143022"], { cwd: EXAMPLES, env: { GITHUB_SHA: "0123456789abcdef0123456789abcdef01234567" } });
     expect(r.code).toBe(0);
     const s = r.json();
-    expect(s.schemaVersion).toBe(1);
+    expect(s.schemaVersion).toBe(2);
     expect(s.tool).toEqual({ name: "kfp-sync", version: pkg.version });
     expect(s.kfp.sdk).toBe("2.17.3");
     expect(s.dryRun).toBe(true);
@@ -66,20 +65,24 @@ describe("cli", () => {
     expect(s.counts).toEqual({ found: 6, compiled: 6, uploaded: 0, created: 0, versioned: 0, unchanged: 0, failed: 0 });
     expect(typeof s.durationMs).toBe("number");
     for (const p of s.pipelines) {
-      expect(Object.keys(p).sort()).toEqual(["file", "name", "output", "status", "timings"]);
-      expect(p.status).toBe("compiled");
+      expect(Object.keys(p).sort()).toEqual(["file", "name", "output", "state", "timings"]);
+      expect(p.state).toBe("compiled");
       expect(p.name).toMatch(/^[a-z0-9][a-z0-9-]*$/);
       expect(fs.existsSync(path.join(out, path.basename(p.output)))).toBe(true);
       expect(p.timings.compileMs).toBeGreaterThan(0);
     }
-    // The README documents the schema; every key we emit must appear there.
+    // The README documents the schema: every key we emit must appear in a row of its field table
+    // (anywhere else in the README, "name" or "file" would be found by chance).
     const readme = fs.readFileSync(path.join(ROOT, "README.md"), "utf8");
+    const schema = readme.slice(readme.indexOf("## Summary JSON"), readme.indexOf("\n## ", readme.indexOf("## Summary JSON") + 1));
+    const rows = schema.split("\n").filter((line) => line.startsWith("| `\""));
+    expect(rows.length).toBeGreaterThan(10);
     const keys = new Set<string>();
     const walk = (v: unknown) => {
       if (v && typeof v === "object") for (const [k, x] of Object.entries(v)) (Array.isArray(v) ? null : keys.add(k), walk(x));
     };
     walk(s);
-    for (const k of keys) expect(readme, `README documents "${k}"`).toContain(`"${k}"`);
+    for (const k of keys) expect(rows.some((row) => row.includes(`"${k}"`)), `README's summary table documents "${k}"`).toBe(true);
   });
 
   test("the README lists every flag with its environment variable", async () => {
@@ -109,6 +112,28 @@ describe("cli", () => {
     expect(r.code).toBe(0);
     expect(r.json().server).toBeUndefined();
     expect(r.stderr).toContain("nothing was compared with a server");
+  });
+
+  test("package.json's bin is the binary the README ships, not the script", () => {
+    expect(pkg.bin).toEqual({ "kfp-sync": "./kfp-sync" });
+    expect(pkg.scripts.build).toContain("--outfile kfp-sync");
+  });
+
+  test("the tests never run a binary older than the script: rebuilt, or refused with a reason", () => {
+    const dir = scratch({ "tool.ts": "new", tool: "old binary" });
+    const [source, bin] = [path.join(dir, "tool.ts"), path.join(dir, "tool")];
+    const at = (file: string, seconds: number) => fs.utimesSync(file, seconds, seconds);
+    at(bin, 1000);
+    at(source, 2000);
+    let builds = 0;
+    ensureFreshBinary(bin, source, () => (builds++, fs.writeFileSync(bin, "new binary"), { ok: true, output: "" }));
+    expect([builds, fs.readFileSync(bin, "utf8")]).toEqual([1, "new binary"]);
+    ensureFreshBinary(bin, source, () => (builds++, { ok: true, output: "" })); // fresh now: no build
+    expect(builds).toBe(1);
+    at(source, Date.now() / 1000 + 60);
+    expect(() => ensureFreshBinary(bin, source, undefined)).toThrow(`${bin} is older than ${source}: rebuild it`);
+    expect(() => ensureFreshBinary(bin, source, () => ({ ok: false, output: "error: syntax\n" }))).toThrow("rebuilding it failed: error: syntax");
+    expect(() => ensureFreshBinary(path.join(dir, "missing"), source, undefined)).toThrow("is missing");
   });
 
   test("the script runs directly, without a build step (shebang)", async () => {

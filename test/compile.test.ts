@@ -2,7 +2,7 @@
 import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, EXAMPLES, FIXTURES, ROOT, cleanEnv, examplesCopy, kfpDslCompile, processesIn, run, scratch } from "./helpers";
+import { BIN, EXAMPLES, FIXTURES, ROOT, cleanEnv, examplesCopy, kfpDslCompile, processesIn, run, scratch, withServer } from "./helpers";
 import { startKfpServer } from "./kfp-server";
 
 const TRICKY = path.join(FIXTURES, "tricky");
@@ -94,7 +94,7 @@ describe("compile: bad files are reported per file, the rest still compiles", ()
     for (const [file, [line, text]] of Object.entries(expected)) {
       const p = byFile[file]!;
       expect(p, file).toBeDefined();
-      expect(p.status, file).toBe("failed");
+      expect(p.state, file).toBe("failed");
       expect(p.error.stage).toBe("compile");
       expect(p.error.message, file).toContain(text);
       expect(p.error.message, file).not.toContain("\n");
@@ -103,8 +103,8 @@ describe("compile: bad files are reported per file, the rest still compiles", ()
       // And the log says where, as an editor or CI can jump to it.
       expect(r.stderr).toContain(line ? `test/fixtures/bad/${file}:${line}: ` : `test/fixtures/bad/${file}: `);
     }
-    for (const file of compiles) expect(byFile[file]!.status, file).toBe("compiled");
-    expect(byFile["evaluation_pipeline.py"]!.status).toBe("compiled");
+    for (const file of compiles) expect(byFile[file]!.state, file).toBe("compiled");
+    expect(byFile["evaluation_pipeline.py"]!.state).toBe("compiled");
     expect(summary.counts.failed).toBe(Object.keys(expected).length);
     expect(summary.counts.compiled).toBe(compiles.length + 1);
     // A file printing megabytes does not leak into our stdout or the log.
@@ -207,7 +207,7 @@ describe("compile: every pipeline of a file", () => {
     const r = await run(["--dry-run", "--out-dir", scratch()], { cwd: dir });
     expect(r.code).toBe(1);
     const s = r.json();
-    expect(s.pipelines.map((p) => [p.function, p.status, p.name])).toEqual([
+    expect(s.pipelines.map((p) => [p.function, p.state, p.name])).toEqual([
       ["first_pipeline", "compiled", "first-pipeline"],
       ["second_pipeline", "compiled", "second-pipeline"],
       ["third_pipeline", "failed", undefined],
@@ -217,31 +217,28 @@ describe("compile: every pipeline of a file", () => {
   });
 
   test("each pipeline of a file is uploaded as its own pipeline, and a re-sync writes nothing", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const dir = scratch({ "two_pipelines_pipeline.py": TWO });
       const args = ["--host", server.url, "--out-dir", path.join(dir, ".out"), "--function", "two_pipelines_pipeline.py=first_pipeline", "--function", "two_pipelines_pipeline.py=second_pipeline"];
       const first = await run(args, { cwd: dir });
       expect(first.code).toBe(0);
-      expect(first.json().pipelines.map((p) => [p.function, p.name, p.action])).toEqual([
+      expect(first.json().pipelines.map((p) => [p.function, p.name, p.state])).toEqual([
         ["first_pipeline", "first-pipeline", "created"],
         ["second_pipeline", "second-pipeline", "created"],
       ]);
       expect(server.state().pipelines.map((p) => p.name).sort()).toEqual(["first-pipeline", "second-pipeline"]);
       const writes = server.requests.filter((q) => q.method !== "GET").length;
       const second = await run(args, { cwd: dir });
-      expect(second.json().pipelines.map((p) => p.action)).toEqual(["unchanged", "unchanged"]);
+      expect(second.json().pipelines.map((p) => p.state)).toEqual(["unchanged", "unchanged"]);
       expect(server.requests.filter((q) => q.method !== "GET").length).toBe(writes);
       // Named after the file, each still gets its own name: the file's and the function's.
       const byFile = await run([...args, "--name-from", "file"], { cwd: dir });
       expect(byFile.code).toBe(0);
-      expect(byFile.json().pipelines.map((p) => [p.name, p.action])).toEqual([
+      expect(byFile.json().pipelines.map((p) => [p.name, p.state])).toEqual([
         ["two-pipelines-pipeline-first-pipeline", "created"],
         ["two-pipelines-pipeline-second-pipeline", "created"],
       ]);
-    } finally {
-      server.stop();
-    }
+    });
   });
 });
 
@@ -296,16 +293,18 @@ describe("compile: the repository around the file", () => {
   });
 
   test("pipeline code sees none of the run's secrets in its environment", async () => {
+    // ?auth= as ntfy reads it (base64url of "Bearer tk_authparam4444"): an unreadable one is refused before compiling.
+    const AUTH_PARAM = "QmVhcmVyIHRrX2F1dGhwYXJhbTQ0NDQ";
     const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
     const dir = scratch({ "env_pipeline.py": `import json, os\nwith open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "seen.json"), "w") as f:\n    json.dump(dict(os.environ), f)\n${src}` });
-    const secrets = { KFP_TOKEN: "kfp-token-1111", KFP_COOKIE: "authservice_session=cookie-2222", NTFY_TOKEN: "tk_ntfytoken3333", NTFY_URL: "http://127.0.0.1:9/ci?auth=QmVhcmVyIHRrX2F1dGhwYXJhbTQ0NDQ" /* base64url of "Bearer tk_authparam4444" */, DEPLOY_KEY: "flag-token-5555" };
+    const secrets = { KFP_TOKEN: "kfp-token-1111", KFP_COOKIE: "authservice_session=cookie-2222", NTFY_TOKEN: "tk_ntfytoken3333", NTFY_URL: `http://127.0.0.1:9/ci?auth=${AUTH_PARAM}`, DEPLOY_KEY: "flag-token-5555" };
     const r = await run(["--dry-run", "--out-dir", scratch(), "--token", "flag-token-5555"], { cwd: dir, env: { ...secrets, KEEP_ME: "visible" } });
     expect(r.code).toBe(0);
     const seenText = fs.readFileSync(path.join(dir, "seen.json"), "utf8");
     const seen = JSON.parse(seenText) as Record<string, string>;
     expect(seen.KEEP_ME).toBe("visible"); // the file did read its environment
     for (const name of ["KFP_TOKEN", "KFP_COOKIE", "NTFY_TOKEN", "NTFY_URL", "DEPLOY_KEY"]) expect(Object.keys(seen)).not.toContain(name);
-    for (const value of ["kfp-token-1111", "cookie-2222", "ntfytoken3333", "QmVhcmVyIHRrX2F1dGhwYXJhbTQ0NDQ", "flag-token-5555"]) expect(seenText).not.toContain(value);
+    for (const value of ["kfp-token-1111", "cookie-2222", "ntfytoken3333", AUTH_PARAM, "flag-token-5555"]) expect(seenText).not.toContain(value);
   });
 });
 
@@ -348,7 +347,7 @@ describe("compile: nothing a pipeline file starts outlives the run", () => {
     const r = await run(["--dry-run", "--out-dir", scratch(), "--timeout", "5"], { cwd: dir });
     expect(r.code).toBe(1);
     const byFile = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p]));
-    expect(byFile["good_pipeline.py"]!.status).toBe("compiled");
+    expect(byFile["good_pipeline.py"]!.state).toBe("compiled");
     expect(byFile["spin_pipeline.py"]!.error.message).toContain("did not finish in 5 s");
     expect(await leftIn(dir)).toEqual([]);
   });

@@ -96,7 +96,7 @@ async function kfpSync(rows: Row[]): Promise<Map<string, Compiled>> {
   const byRow = new Map<string, Compiled>();
   for (const p of summary.pipelines) {
     const key = `${path.relative(root, path.resolve(root, p.file))}\t${p.function ?? "-"}`;
-    byRow.set(key, p.status === "compiled" ? { ok: true, yaml: fs.readFileSync(path.resolve(root, p.output), "utf8"), message: "" } : { ok: false, message: p.error?.message ?? "" });
+    byRow.set(key, p.state === "compiled" ? { ok: true, yaml: fs.readFileSync(path.resolve(root, p.output), "utf8"), message: "" } : { ok: false, message: p.error?.message ?? "" });
   }
   return byRow;
 }

@@ -79,7 +79,7 @@ describe("discover", () => {
     // root may read anything; the permission check only bites for other users.
     if (process.getuid?.() !== 0) expect(problems).toContain("secret_pipeline.py: cannot read");
     // The good ones still compile, each exactly once despite the loop.
-    const ok = s.pipelines.filter((p) => p.status === "compiled").map((p) => p.file);
+    const ok = s.pipelines.filter((p) => p.state === "compiled").map((p) => p.file);
     expect(ok).toContain("a_pipeline.py");
     expect(ok.filter((f: string) => f.endsWith("b_pipeline.py"))).toEqual(["loop/b_pipeline.py"]);
   });
@@ -124,7 +124,7 @@ describe("discover", () => {
       expect(r.code).toBe(1);
       const s = r.json();
       const byFile = Object.fromEntries(s.pipelines.map((p) => [p.file, p]));
-      expect(byFile["a_pipeline.py"]!.status).toBe("compiled");
+      expect(byFile["a_pipeline.py"]!.state).toBe("compiled");
       expect(byFile["fifo_pipeline.py"]!.error.message).toBe("not a pipeline file: it is a FIFO");
       expect(byFile["via_link_pipeline.py"]!.error.message).toBe(`not a pipeline file: it links to ${fs.realpathSync(dir)}/fifo_pipeline.py, which is a FIFO`);
       expect(byFile["zero_pipeline.py"]!.error.message).toBe("not a pipeline file: it links to /dev/zero, which is a device");

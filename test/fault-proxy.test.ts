@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { createServer } from "node:net";
 import { startFaultProxy, type FaultProxy } from "./fault-proxy.ts";
+import { withServer } from "./with-server.ts";
 
 /** What the target saw of each request. */
 interface Seen {
@@ -108,29 +109,23 @@ describe("forwarding", () => {
 
   test("a target that is down is answered 502", async () => {
     const port = await closedPort();
-    const dead = await startFaultProxy(`http://127.0.0.1:${port}`);
-    try {
+    await withServer(startFaultProxy(`http://127.0.0.1:${port}`), async (dead) => {
       const res = await fetch(`${dead.url}/x`);
       expect(res.status).toBe(502);
-    } finally {
-      await dead.stop();
-    }
+    });
   });
 });
 
 describe("faults", () => {
   test("reset: the connection dies with no response and the target never hears of it", async () => {
-    const fresh = await startFaultProxy(`http://127.0.0.1:${target.port}`); // no pooled connection to it yet
-    try {
+    await withServer(startFaultProxy(`http://127.0.0.1:${target.port}`), async (fresh) => { // no pooled connection to it yet
       fresh.add({ fault: { kind: "reset" } });
       const err = await fetch(`${fresh.url}/apis/v2beta1/healthz`).catch((e: Error & { code?: string }) => e);
       expect(err).toBeInstanceOf(Error);
       expect((err as { code?: string }).code).toBe("ECONNRESET");
       expect(seen).toHaveLength(0);
       expect(fresh.injected).toEqual([{ rule: { fault: { kind: "reset" } }, method: "GET", path: "/apis/v2beta1/healthz" }]);
-    } finally {
-      await fresh.stop();
-    }
+    });
   });
 
   test("Bun's fetch resends a GET once when a reused connection is reset; a POST it does not", async () => {

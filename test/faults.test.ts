@@ -42,9 +42,10 @@ function tallied(stdout: string): Summary {
   tally.runs++;
   for (const p of summary.pipelines) {
     tally.pipelines++;
-    // A run that never reached a server (a dry run without a host) ends after compile.
-    const allowed = summary.server ? ACTIONS : new Set(["compiled", "failed"]);
-    const outcome = p.status === "failed" ? "failed" : summary.server ? p.action : p.status;
+    // A run that never reached a server (a dry run without a host) ends after compile; a dry run
+    // that reached one ends there too, with its plan.
+    const allowed = summary.server && !summary.dryRun ? ACTIONS : new Set(["compiled", "failed"]);
+    const outcome = summary.server && summary.dryRun && p.state === "compiled" && !p.plan ? "compiled without a plan" : p.state;
     if (!allowed.has(outcome)) tally.lost++;
     expect(allowed.has(outcome), `${p.file}: ${outcome}`).toBe(true);
   }
@@ -62,7 +63,7 @@ async function syncThrough(dir: string, rules: FaultRule[], args: string[] = [])
   expect(new Set(names).size).toBe(names.length); // no duplicate pipelines
   expect(kfp.requests.filter((q) => q.method === "DELETE")).toEqual([]); // nothing deleted
   // Every pipeline reported created/versioned/unchanged is really on the server.
-  for (const p of summary.pipelines.filter((x) => x.action && x.action !== "failed")) {
+  for (const p of summary.pipelines.filter((x) => ["created", "versioned", "unchanged"].includes(x.state))) {
     expect(state.versions.some((v) => v.pipeline_version_id === p.versionId), `${p.file} on server`).toBe(true);
   }
   return r;
@@ -111,7 +112,7 @@ describe("network faults", () => {
   test("a write that stalls past the timeout and never reached the server: read shows it missing, sent once more", async () => {
     const r = await syncThrough(examplesCopy(), [{ method: "POST", path: UPLOAD, times: 1, fault: { kind: "stall", ms: 6000 } }], ["evaluation_pipeline.py"]);
     expect(r.code).toBe(0);
-    expect(r.json().pipelines[0]!.action).toBe("created");
+    expect(r.json().pipelines[0]!.state).toBe("created");
     expect(kfp.state().pipelines.length).toBe(1);
   });
 
@@ -123,7 +124,7 @@ describe("network faults", () => {
     ], ["evaluation_pipeline.py"]);
     expect(kfp.requests.filter((q) => q.method === "POST").map((q) => q.status)).toEqual([200, 409]);
     expect(r.code).toBe(0);
-    expect(r.json().pipelines[0]!.action).toBe("created");
+    expect(r.json().pipelines[0]!.state).toBe("created");
     expect(kfp.state().pipelines.length).toBe(1);
     expect(kfp.state().versions.length).toBe(1);
   });
@@ -135,7 +136,7 @@ describe("network faults", () => {
     fs.writeFileSync(src, fs.readFileSync(src, "utf8").replace(/(: float = )([0-9.]+)/, (_, h, n) => `${h}${Number(n) / 2}`));
     const r = await syncThrough(dir, [{ method: "POST", path: UPLOAD_VERSION, times: 1, fault: { kind: "drop-response" } }], ["evaluation_pipeline.py", "--version-tag", "v20260101-000000"]);
     expect(r.code).toBe(0);
-    expect(r.json().pipelines[0]!.action).toBe("versioned");
+    expect(r.json().pipelines[0]!.state).toBe("versioned");
     expect(kfp.state().versions.length).toBe(2);
   });
 
@@ -172,7 +173,7 @@ describe("concurrency", () => {
     fs.writeFileSync(src, fs.readFileSync(src, "utf8").replace(/(: float = )([0-9.]+)/, (_, h, n) => `${h}${Number(n) / 2}`));
     const second = await four();
     for (const r of second) tallied(r.stdout);
-    const actions = second.map((r) => r.json().pipelines.find((p) => p.file === "evaluation_pipeline.py")!.action);
+    const actions = second.map((r) => r.json().pipelines.find((p) => p.file === "evaluation_pipeline.py")!.state);
     expect(actions.filter((a) => a === "versioned").length).toBe(1);
     expect(actions.filter((a) => a === "unchanged").length).toBe(3);
     for (const r of second) expect(r.code).toBe(0);
@@ -187,12 +188,12 @@ describe("bad pipeline files among good ones", () => {
     expect(r.code).toBe(1);
     const s = tallied(r.stdout);
     const good = s.pipelines.filter((p) => p.file.startsWith("examples/"));
-    expect(good.map((p) => p.action)).toEqual(Array(6).fill("created"));
+    expect(good.map((p) => p.state)).toEqual(Array(6).fill("created"));
     const huge = s.pipelines.find((p) => p.file.endsWith("huge_pipeline.py"))!;
-    expect(huge.action).toBe("failed");
+    expect(huge.state).toBe("failed");
     expect(huge.error.message).toContain("at most 32 MiB");
-    expect(s.pipelines.find((p) => p.file.endsWith("bad_name_pipeline.py"))!.action).toBe("created"); // kfp renames it to bad-name-with-spaces
-    for (const p of s.pipelines) expect(p.status === "compiled" ? ACTIONS.has(p.action) : p.error.stage === "compile", p.file).toBe(true);
+    expect(s.pipelines.find((p) => p.file.endsWith("bad_name_pipeline.py"))!.state).toBe("created"); // kfp renames it to bad-name-with-spaces
+    for (const p of s.pipelines) expect(p.error?.stage === "compile" ? p.state === "failed" : ACTIONS.has(p.state), p.file).toBe(true);
   });
 });
 
@@ -277,7 +278,7 @@ describe("signals", () => {
     expect(r.code).toBe(130);
     const s = JSON.parse(r.stdout);
     expect(s.interrupted).toBe("SIGINT");
-    expect(s.pipelines.find((p: any) => p.file === "a_pipeline.py").status).toBe("compiled");
+    expect(s.pipelines.find((p: any) => p.file === "a_pipeline.py").state).toBe("compiled");
     expect(s.pipelines.find((p: any) => p.file === "spin_pipeline.py").error.message).toContain("interrupted");
     await Bun.sleep(200);
     expect(processesIn(dir)).toEqual([]);
@@ -303,8 +304,8 @@ describe("signals", () => {
     expect(r.code).toBe(143);
     const s = JSON.parse(r.stdout);
     expect(s.interrupted).toBe("SIGTERM");
-    for (const p of s.pipelines) expect(ACTIONS.has(p.action), p.file).toBe(true);
-    const created = s.pipelines.filter((p: any) => p.action === "created").length;
+    for (const p of s.pipelines) expect(ACTIONS.has(p.state), p.file).toBe(true);
+    const created = s.pipelines.filter((p: any) => p.state === "created").length;
     expect(kfp.state().pipelines.length).toBe(created);
     expect(s.pipelines.some((p: any) => p.error?.message.includes("interrupted"))).toBe(true);
   });

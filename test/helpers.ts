@@ -3,6 +3,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 
+export { withServer } from "./with-server.ts";
+
 export const ROOT = path.resolve(import.meta.dir, "..");
 export const BIN = process.env.KFP_SYNC_BIN ?? path.join(ROOT, "kfp-sync");
 export const PYTHON = path.join(ROOT, ".venv/bin/python");
@@ -10,7 +12,22 @@ export const KFP_CLI = path.join(ROOT, ".venv/bin/kfp");
 export const EXAMPLES = path.join(ROOT, "examples");
 export const FIXTURES = path.join(ROOT, "test/fixtures");
 
-if (!fs.existsSync(BIN)) throw new Error(`${BIN} is missing: run bash scripts/setup.sh (or npm run build) first`);
+/**
+ * The tests run the binary, so a binary older than `source` would test the code before the last
+ * edit. Rebuild it then (`build`), or, for a binary the tests were pointed at, refuse.
+ */
+export function ensureFreshBinary(bin: string, source: string, build: (() => { ok: boolean; output: string }) | undefined): void {
+  if (!fs.existsSync(bin)) throw new Error(`${bin} is missing: run bash scripts/setup.sh (or npm run build) first`);
+  if (fs.statSync(source).mtimeMs <= fs.statSync(bin).mtimeMs) return;
+  if (!build) throw new Error(`${bin} is older than ${source}: rebuild it (npm run build) before testing it`);
+  const built = build();
+  if (!built.ok || fs.statSync(source).mtimeMs > fs.statSync(bin).mtimeMs) throw new Error(`${bin} is older than ${source} and rebuilding it failed: ${built.output.trim()}`);
+}
+
+ensureFreshBinary(BIN, path.join(ROOT, "kfp-sync.ts"), process.env.KFP_SYNC_BIN ? undefined : () => {
+  const r = Bun.spawnSync(["npm", "run", "--silent", "build"], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+  return { ok: r.exitCode === 0, output: `${r.stdout.toString()}${r.stderr.toString()}` };
+});
 if (!fs.existsSync(PYTHON)) throw new Error(`${PYTHON} is missing: run bash scripts/setup.sh first`);
 
 export interface RunResult {
@@ -85,4 +102,26 @@ export function processesIn(dir: string): number[] {
     }
   }
   return pids;
+}
+
+/** GITHUB_OUTPUT as the runner reads it: `name=value` lines and `name<<DELIMITER` blocks; anything else is an error. */
+export function parseOutputs(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  const lines = text.split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (line === "") continue;
+    const block = /^([A-Za-z_][\w-]*)<<(.+)$/.exec(line);
+    if (block) {
+      const end = lines.indexOf(block[2]!, i + 1);
+      if (end < 0) throw new Error(`GITHUB_OUTPUT: ${block[1]}'s block never ends with ${block[2]}`);
+      out.set(block[1]!, lines.slice(i + 1, end).join("\n"));
+      i = end;
+    } else if (/^[A-Za-z_][\w-]*=/.test(line)) {
+      out.set(line.slice(0, line.indexOf("=")), line.slice(line.indexOf("=") + 1));
+    } else {
+      throw new Error(`GITHUB_OUTPUT: "${line}" is neither name=value nor name<<DELIMITER`);
+    }
+  }
+  return out;
 }

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as net from "node:net";
 import * as path from "node:path";
-import { BIN, EXAMPLES, cleanEnv, scratch } from "./helpers";
+import { BIN, EXAMPLES, cleanEnv, scratch, withServer } from "./helpers";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 import { startNtfyServer, type NtfyServer } from "./ntfy-server";
 
@@ -89,8 +89,7 @@ describe("answer size caps", () => {
   });
 
   test("KFP: an endless answer ends at 64 MiB, said so, not retried, memory bounded", async () => {
-    const endless = await startEndlessServer();
-    try {
+    await withServer(startEndlessServer(), async (endless) => {
       // A long timeout: without the cap the run reads for all of it.
       const r = await runMeasured(["--host", endless.url, "--http-timeout", "5", "--retries", "2", "--out-dir", scratch(), EVALUATION]);
       expect(r.code).toBe(1);
@@ -100,26 +99,20 @@ describe("answer size caps", () => {
       expect(endless.requests.length).toBe(1); // the same answer again would be as large
       expect(endless.sent).toBeLessThan(64 * MiB + 32 * MiB);
       expect(r.peakMiB).toBeLessThan(PEAK_LIMIT_MiB);
-    } finally {
-      endless.stop();
-    }
+    });
   });
 
   test("KFP: an answer that declares a length over the cap is refused before it is read", async () => {
-    const endless = await startEndlessServer({ declare: 10 * 1024 * MiB });
-    try {
+    await withServer(startEndlessServer({ declare: 10 * 1024 * MiB }), async (endless) => {
       const r = await runMeasured(["--host", endless.url, "--http-timeout", "5", "--retries", "0", "--out-dir", scratch(), EVALUATION]);
       expect(r.code).toBe(1);
       expect(r.json().pipelines[0].error.message).toContain("the answer was larger than 64 MiB");
       expect(r.peakMiB).toBeLessThan(PEAK_LIMIT_MiB);
-    } finally {
-      endless.stop();
-    }
+    });
   });
 
   test("ntfy and Gitea: endless answers end at 1 MiB; the sync itself goes on", async () => {
-    const endless = await startEndlessServer();
-    try {
+    await withServer(startEndlessServer(), async (endless) => {
       const r = await runMeasured(["--host", kfp.url, "--http-timeout", "5", "--out-dir", scratch(), EVALUATION], {
         NTFY_URL: `${endless.url}/ci`,
         GITEA_ACTIONS: "true",
@@ -130,14 +123,12 @@ describe("answer size caps", () => {
       });
       expect(r.code).toBe(0); // ntfy is best effort
       const s = r.json();
-      expect(s.pipelines[0].action).toBe("created");
+      expect(s.pipelines[0].state).toBe("created");
       expect(s.problems.map((p: { message: string }) => p.message)).toEqual(["notification not sent: the answer was larger than 1 MiB"]);
       expect(endless.requests.map((q) => q.split(" ")[1])).toEqual(["/api/v1/version", "/"]);
       expect(endless.sent).toBeLessThan(2 * (1 * MiB + 32 * MiB));
       expect(r.peakMiB).toBeLessThan(PEAK_LIMIT_MiB);
-    } finally {
-      endless.stop();
-    }
+    });
   });
 });
 

@@ -1,6 +1,7 @@
 // The fake KFP server, driven over HTTP the way kfp-sync drives a real one.
 import { afterAll, beforeEach, describe, expect, test } from "bun:test";
 import { startKfpServer, type KfpServer } from "./kfp-server.ts";
+import { withServer } from "./with-server.ts";
 
 /** The IR the kfp 2.17 compiler emits, trimmed to one component. */
 function ir(name: string, extra: { schemaVersion?: string; root?: boolean } = {}): string {
@@ -296,8 +297,7 @@ describe("multi-user server", () => {
   });
 
   test("stock configuration: a pipeline without a namespace is shared, a namespaced one needs an identity", async () => {
-    const stock = await startKfpServer({ multiUser: true, deniedUsers: ["mallory@example.com"] });
-    try {
+    await withServer(startKfpServer({ multiUser: true, deniedUsers: ["mallory@example.com"] }), async (stock) => {
       const shared = await upload(stock, "upload", ir("p"), { name: "shared" });
       expect(shared.status).toBe(200);
       expect(shared.body.namespace).toBeUndefined();
@@ -318,9 +318,7 @@ describe("multi-user server", () => {
       expect(mine.body.namespace).toBe("team-a");
       // A bearer token stands for an identity too (TokenReview).
       expect((await call(stock, "pipelines?namespace=team-a", { headers: { authorization: "Bearer any" } })).body.total_size).toBe(1);
-    } finally {
-      await stock.stop();
-    }
+    });
   });
 });
 
@@ -358,12 +356,9 @@ describe("command line", () => {
 });
 
 test("a filter operation sent as its enum number (as kfp.Client does) is accepted", async () => {
-  const server = await startKfpServer();
-  try {
+  await withServer(startKfpServer(), async (server) => {
     const filter = JSON.stringify({ predicates: [{ operation: 1, key: "display_name", stringValue: "nothing-here" }] });
     const res = await fetch(`${server.url}/apis/v2beta1/pipelines?filter=${encodeURIComponent(filter)}`);
     expect(res.status).toBe(200);
-  } finally {
-    await server.stop();
-  }
+  });
 });

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:tes
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { buildNotification, fitList, publish, unreadableNtfyAuth, type Summary } from "../kfp-sync.ts";
-import { BIN, cleanEnv, EXAMPLES, examplesCopy, run, scratch } from "./helpers";
+import { BIN, cleanEnv, EXAMPLES, examplesCopy, run, scratch, withServer } from "./helpers";
 import { startFaultProxy } from "./fault-proxy";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 import { startNtfyServer, type NtfyServer } from "./ntfy-server";
@@ -44,7 +44,8 @@ describe("notify", () => {
     expect(note.message).toContain("version v20260213-143022");
     expect(note.message).toContain("run: https://gitea.example/ml/pipelines/actions/runs/42");
     expect(note.message).toContain(`kubeflow: ${kfp.url}/#/pipelines`);
-    expect(note.priority ?? 3).toBe(3);
+    // Sent, not left to ntfy's default: a dropped priority would also read as 3 on the server.
+    expect(JSON.parse(note.raw).priority).toBe(3);
     expect(note.tags).toEqual(["white_check_mark", "kubeflow"]);
     expect(note.click).toBe("https://gitea.example/ml/pipelines/actions/runs/42");
     expect(note.headers.authorization).toBe(`Bearer ${NTFY_TOKEN}`);
@@ -109,15 +110,12 @@ describe("notify", () => {
   });
 
   test("user:password is sent as Basic auth", async () => {
-    const basic = await startNtfyServer({ basic: { user: "ci", password: "pa55-word-xyz" } });
-    try {
+    await withServer(startNtfyServer({ basic: { user: "ci", password: "pa55-word-xyz" } }), async (basic) => {
       const r = await sync(examplesCopy(), ["evaluation_pipeline.py"], { NTFY_URL: `${basic.url}/gitea-ci`, NTFY_TOKEN: "ci:pa55-word-xyz" });
       expect(r.code).toBe(0);
       expect(basic.published.length).toBe(1);
       expect(r.stdout + r.stderr).not.toContain("pa55-word-xyz");
-    } finally {
-      await basic.stop();
-    }
+    });
   });
 
   test("--dry-run prints the notification it would send and sends nothing", async () => {
@@ -133,7 +131,8 @@ describe("notify", () => {
     expect(r.code).toBe(0);
     expect(r.stderr.match(/notification/g)).toEqual(["notification"]);
     expect(r.stderr).toContain("ℹ no --ntfy-url/NTFY_URL: no notification is sent");
-    expect(ntfy.requests.length).toBe(0);
+    // An empty NTFY_URL is no URL, not a bad one: no usage error, no notify problem.
+    expect(r.json().problems).toEqual([]);
   });
 
   test("priority goes as a JSON integer (ntfy refuses names and strings in JSON)", async () => {
@@ -165,16 +164,13 @@ describe("notify", () => {
   });
 
   test("user:password is Basic even when the user name starts with tk_", async () => {
-    const basic = await startNtfyServer({ basic: { user: "tk_bot", password: "bot-pa55-word" } });
-    try {
+    await withServer(startNtfyServer({ basic: { user: "tk_bot", password: "bot-pa55-word" } }), async (basic) => {
       const r = await sync(examplesCopy(), ["evaluation_pipeline.py"], { NTFY_URL: `${basic.url}/gitea-ci`, NTFY_TOKEN: "tk_bot:bot-pa55-word" });
       expect(r.code).toBe(0);
       expect(basic.published.length).toBe(1);
       expect(basic.published[0]!.headers.authorization).toBe(`Basic ${Buffer.from("tk_bot:bot-pa55-word").toString("base64")}`);
       expect(r.stdout + r.stderr).not.toContain("bot-pa55-word");
-    } finally {
-      await basic.stop();
-    }
+    });
   });
 
   test("?auth= that ntfy can read (base64url, no padding, of the whole header) publishes and is never printed", async () => {
@@ -220,8 +216,7 @@ describe("notify", () => {
   });
 
   test("429 with 42909 (too many failed logins from this address) is not retried and says why", async () => {
-    const limited = await startNtfyServer({ token: NTFY_TOKEN });
-    try {
+    await withServer(startNtfyServer({ token: NTFY_TOKEN }), async (limited) => {
       // What a runner meets after a wrong NTFY_TOKEN was tried 30 times from its address.
       for (let i = 0; i < 30; i++) {
         const res = await fetch(limited.url, { method: "POST", headers: { Authorization: "Bearer tk_wrong000000000000000000000000" }, body: '{"topic":"gitea-ci"}' });
@@ -235,9 +230,7 @@ describe("notify", () => {
       expect(r.stderr).toContain("earlier credentials from this address were refused");
       expect(r.stderr).toContain("wait a minute");
       expect(r.stderr).not.toContain("gave up");
-    } finally {
-      await limited.stop();
-    }
+    });
   });
 
   test("--ntfy-required and a failed notification: the last line says the run failed and why", async () => {
@@ -294,18 +287,15 @@ describe("notify", () => {
   });
 
   test("SIGTERM while the notification hangs: cut off, then the final notification says the run was interrupted", async () => {
-    const proxy = await startFaultProxy(ntfy.url);
-    try {
+    await withServer(startFaultProxy(ntfy.url), async (proxy) => {
       proxy.add({ method: "POST", times: 1, fault: { kind: "stall", ms: 60_000 } });
       const r = await interrupted({ NTFY_URL: `${proxy.url}/gitea-ci` }, () => proxy.injected.length === 1);
       expect(r.code).toBe(143);
-      expect(r.summary.pipelines[0]!.action).toBe("created");
+      expect(r.summary.pipelines[0]!.state).toBe("created");
       expect(ntfy.published.map((n) => n.title)).toEqual(["ml/pipelines: kfp-sync interrupted (SIGTERM)"]);
       expect(r.stderr).toContain("that the run was interrupted");
       expect(r.stderr).not.toContain("cannot reach");
-    } finally {
-      await proxy.stop();
-    }
+    });
   });
 
   test("SIGTERM and ntfy refuses the final notification: reported as not sent, with ntfy's answer", async () => {
@@ -321,8 +311,7 @@ describe("notify", () => {
 
 describe("publish", () => {
   test("429 request limit: backs off 1, 2, 4 s and says how many requests it really sent", async () => {
-    const server = await startNtfyServer({ token: NTFY_TOKEN });
-    try {
+    await withServer(startNtfyServer({ token: NTFY_TOKEN }), async (server) => {
       server.failNext(429, 10);
       const slept: number[] = [];
       const note = { topic: "gitea-ci", title: "t", message: "m", priority: 3, tags: [] };
@@ -330,9 +319,7 @@ describe("publish", () => {
       expect(slept).toEqual([1000, 2000, 4000]);
       expect(server.requests.length).toBe(4);
       expect((error as Error).message).toContain(`gave up after ${server.requests.length} tries`);
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("no answer within the timeout is said as such, not as 'cannot reach'", async () => {
@@ -382,12 +369,12 @@ describe("notification content (pure)", () => {
   test("links too long for ntfy's 8,192-byte body: the counts still go out", () => {
     const runUrl = `https://gitea.example/a/b/actions/runs/1?${"x".repeat(3000)}`;
     const summary = {
-      schemaVersion: 1 as const,
+      schemaVersion: 2 as const,
       tool: { name: "kfp-sync" as const, version: "x" },
       dryRun: false,
       versionTag: "v1",
       counts: { found: 2, compiled: 1, uploaded: 1, created: 1, versioned: 0, unchanged: 0, failed: 1 },
-      pipelines: [{ file: "a_pipeline.py", status: "failed" as const, timings: {} }, { file: "b_pipeline.py", status: "compiled" as const, action: "created" as const, timings: {} }],
+      pipelines: [{ file: "a_pipeline.py", state: "failed" as const, timings: {} }, { file: "b_pipeline.py", state: "created" as const, timings: {} }],
       problems: [],
       durationMs: 1,
       runUrl,
@@ -402,10 +389,10 @@ describe("notification content (pure)", () => {
   });
 
   test("a huge multi-byte failure list still fits 4,096 bytes", () => {
-    const pipelines = Array.from({ length: 500 }, (_, i) => ({ file: `${"é".repeat(40)}_${i}_pipeline.py`, status: "failed" as const, timings: {} }));
+    const pipelines = Array.from({ length: 500 }, (_, i) => ({ file: `${"é".repeat(40)}_${i}_pipeline.py`, state: "failed" as const, timings: {} }));
     const note = buildNotification(
       {
-        schemaVersion: 1,
+        schemaVersion: 2,
         tool: { name: "kfp-sync", version: "x" },
         dryRun: false,
         versionTag: "v1",

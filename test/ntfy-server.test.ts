@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { NTFY_ERRORS, startNtfyServer, type NtfyServer } from "./ntfy-server.ts";
+import { withServer } from "./with-server.ts";
 
 const TOKEN = "tk_AgQdq7mVBoFD37zQVN29RhuMzNIz2";
 
@@ -246,8 +247,7 @@ describe("classic publish to /{topic}", () => {
 
 describe("ntfy.sh-like server with attachments", () => {
   test("a long message becomes a text attachment that can be downloaded", async () => {
-    const server = await startNtfyServer({ attachments: true });
-    try {
+    await withServer(startNtfyServer({ attachments: true }), async (server) => {
       const long = "line\n".repeat(1000);
       const res = await publishJSON(server, { topic: "t", title: "Long", message: long });
       expect(res.status).toBe(200);
@@ -256,9 +256,7 @@ describe("ntfy.sh-like server with attachments", () => {
       expect(m.attachment).toMatchObject({ name: "attachment.txt", type: "text/plain; charset=utf-8", size: long.length, url: `${server.url}/file/${m.id}.txt` });
       expect(m.attachment.expires).toBe(m.time + 3 * 3600);
       expect(await (await fetch(m.attachment.url)).text()).toBe(long);
-    } finally {
-      await server.stop();
-    }
+    });
   });
 });
 
@@ -363,19 +361,15 @@ describe("beyond the recorded contract", () => {
   const basic = (user: string, password: string) => `Basic ${btoa(`${user}:${password}`)}`;
 
   test("HTML-sensitive characters and U+2028 are escaped as Go's json.Encoder writes them", async () => {
-    const server = await startNtfyServer();
-    try {
+    await withServer(startNtfyServer(), async (server) => {
       const res = await publishJSON(server, { topic: "t", message: "a<b>&c\u2028d" });
       expect(res.text).toContain(String.raw`"message":"a\u003cb\u003e\u0026c\u2028d"`);
       expect(JSON.parse(res.text).message).toBe("a<b>&c\u2028d");
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("a wildcard grant covers matching topics only; the poll honours since and cache=no", async () => {
-    const server = await startNtfyServer({ users: [reader, writer] });
-    try {
+    await withServer(startNtfyServer({ users: [reader, writer] }), async (server) => {
       const post = (topic: string, message: string, extra: Record<string, string> = {}) =>
         fetch(`${server.url}/${topic}`, { method: "POST", body: message, headers: { Authorization: basic("writer", "w-pass"), ...extra } });
       expect((await post("other", "x")).status).toBe(403);
@@ -394,15 +388,12 @@ describe("beyond the recorded contract", () => {
       expect(await poll("&since=yesterday")).toEqual({ status: 400, messages: [40008] });
       const denied = await fetch(`${server.url}/ci-a/json?poll=1`, { headers: { Authorization: basic("writer", "nope") } });
       expect(denied.status).toBe(401);
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("ntfy's default limits: 60 requests then 429/42901, one more every 5 s; 30 failed logins then 429/42909", async () => {
     let clock = Date.now();
-    const server = await startNtfyServer({ users: [writer], now: () => clock });
-    try {
+    await withServer(startNtfyServer({ users: [writer], now: () => clock }), async (server) => {
       const post = (auth = basic("writer", "w-pass")) => publishJSON(server, { topic: "ci-x" }, { Authorization: auth });
       for (let i = 0; i < 60; i++) expect((await post()).status).toBe(200);
       const limited = await post();
@@ -415,8 +406,6 @@ describe("beyond the recorded contract", () => {
       expect([blocked.status, blocked.text]).toEqual([429, errorBody(NTFY_ERRORS.tooManyAuthFailures)]);
       clock += 60_000;
       expect((await post(basic("writer", "wrong"))).status).toBe(401);
-    } finally {
-      await server.stop();
-    }
+    });
   });
 });

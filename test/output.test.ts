@@ -86,7 +86,7 @@ describe("an out dir that cannot be written", () => {
     expect(r.code).toBe(1);
     const s = r.json();
     expect(failedWith(s, "evaluation_pipeline.py")).toBe("cannot write the compiled YAML to .kfp-sync/evaluation_pipeline.yaml: a folder is in the way (EISDIR)");
-    expect(s.pipelines.find((p) => p.file === "document_ingestion_pipeline.py")!.action).toBe("created");
+    expect(s.pipelines.find((p) => p.file === "document_ingestion_pipeline.py")!.state).toBe("created");
     expect(fs.existsSync(path.join(dir, ".kfp-sync/evaluation_pipeline.yaml/keep"))).toBe(true);
     expect(fs.readdirSync(path.join(dir, ".kfp-sync")).sort()).toEqual(["document_ingestion_pipeline.yaml", "evaluation_pipeline.yaml"]);
     expect(ntfy.published.length).toBe(1);
@@ -114,7 +114,7 @@ describe("compile results a file can spoil", () => {
     const r = await run(["--dry-run", "--jobs", "1"], { cwd: dir });
     expect(r.code).toBe(1);
     const s = r.json();
-    expect(s.pipelines.find((p) => p.file === "a_pipeline.py")!.status).toBe("compiled");
+    expect(s.pipelines.find((p) => p.file === "a_pipeline.py")!.state).toBe("compiled");
     expect(failedWith(s, "b_pipeline.py")).toBe("the file was removed after it was found (deleted while kfp-sync ran?)");
   });
 
@@ -131,7 +131,7 @@ describe("compile results a file can spoil", () => {
     const interfered = "the file interfered with kfp's compiler (does it replace kfp.compiler.Compiler or sys.modules['kfp']?)";
     expect(failedWith(s, "noop_pipeline.py")).toBe(`the compile wrote no YAML: ${interfered}`);
     expect(failedWith(s, "fake_pipeline.py")).toBe(`the compiled YAML is no pipeline spec (no pipelineInfo.name): ${interfered}`);
-    expect(s.pipelines.find((p) => p.file === "good_pipeline.py")!.status).toBe("compiled");
+    expect(s.pipelines.find((p) => p.file === "good_pipeline.py")!.state).toBe("compiled");
     expect(fs.readdirSync(out)).toEqual(["good_pipeline.yaml"]);
   });
 });

@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { EXAMPLES, examplesCopy, run, scratch } from "./helpers";
+import { secretsOf, writerFor } from "../kfp-sync.ts";
+import { EXAMPLES, examplesCopy, parseOutputs, run, scratch } from "./helpers";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 import { startNtfyServer, type NtfyServer } from "./ntfy-server";
 
@@ -49,7 +50,7 @@ describe("file names with newlines and control characters", () => {
     const r = await runWithOutputs(dir, ["--host", kfp.url]);
     expect(r.code).toBe(1);
     const s = r.json();
-    expect(s.pipelines.filter((p) => p.status === "failed").map((p) => p.file)).toEqual([EVIL, BELL]);
+    expect(s.pipelines.filter((p) => p.state === "failed").map((p) => p.file)).toEqual([EVIL, BELL]);
 
     const shownEvil = "evil\\n::error::pwned_pipeline.py";
     const shownBell = "tab\\tbell\\u0007\\u202e_pipeline.py";
@@ -63,8 +64,7 @@ describe("file names with newlines and control characters", () => {
     expect(r.stepSummary).toContain(shownBell);
 
     // One name, one entry.
-    const failed = /failed_pipelines<<(\S+)\n([\s\S]*?)\n\1\n/.exec(r.outputs) ?? /failed_pipelines=(.*)\n/.exec(r.outputs);
-    expect(failed![failed!.length - 1]!.split("\n")).toEqual([shownEvil, shownBell]);
+    expect(parseOutputs(r.outputs).get("failed_pipelines")!.split("\n")).toEqual([shownEvil, shownBell]);
 
     const note = JSON.parse(r.notifications[0]!);
     expect(note.message).toContain(`failed: ${shownEvil}, ${shownBell}`);
@@ -115,5 +115,31 @@ describe("secrets", () => {
       expect(r.stderr, message).toContain(message);
       for (const text of absent) expect(r.stderr, message).not.toContain(text);
     }
+  });
+});
+
+describe("secrets are collected once and every output goes through one scrubbing writer", () => {
+  test("secretsOf: KFP token (flag, env, token file), cookie values, ntfy token and ?auth=, the CI job's tokens", () => {
+    const tokenFile = path.join(scratch({ token: "file-token-0123456789\n" }), "token");
+    const auth = Buffer.from("Bearer tk_inurl0123456789").toString("base64url").replace(/=+$/, "");
+    const secrets = secretsOf(
+      { KFP_TOKEN: "env-token-0123456789", KF_PIPELINES_SA_TOKEN_PATH: tokenFile, KFP_COOKIE: "a=cookie-one-0123; b=cookie-two-4567", NTFY_TOKEN: "bob:ntfy-pass-0123", NTFY_URL: `https://ntfy.example/ci?auth=${auth}`, ACTIONS_RUNTIME_TOKEN: "runtime-token-0123", GITEA_TOKEN: "gitea-token-0123", GITHUB_TOKEN: "github-token-0123" },
+      ["--dry-run", "--token", "flag-token-0123456789", "--ntfy-token=tk_flagntfy0123"],
+    );
+    for (const value of ["env-token-0123456789", "flag-token-0123456789", "file-token-0123456789", "cookie-one-0123", "cookie-two-4567", "bob:ntfy-pass-0123", "ntfy-pass-0123", Buffer.from("bob:ntfy-pass-0123").toString("base64"), "tk_flagntfy0123", auth, "tk_inurl0123456789", "runtime-token-0123", "gitea-token-0123", "github-token-0123"]) {
+      expect(secrets, value).toContain(value);
+    }
+    expect(secretsOf({ HOME: "/root", KFP_SYNC_JOBS: "2" }, ["--dry-run", "examples"])).toEqual([]);
+  });
+
+  test("the writer scrubs stdout, stderr, files and records it hands to a peer", () => {
+    const written = { stdout: "", stderr: "" };
+    const out = writerFor(secretsOf({ KFP_TOKEN: "tok-0123456789abc" }, []), { stdout: { write: (t: string) => (written.stdout += t) }, stderr: { write: (t: string) => (written.stderr += t) } });
+    const file = path.join(scratch(), "outputs");
+    out.write("stdout", "a tok-0123456789abc b\n");
+    out.write("stderr", "Bearer tok-0123456789abc\n");
+    out.write({ file }, "x=tok-0123456789abc\n");
+    expect([written.stdout, written.stderr, fs.readFileSync(file, "utf8")]).toEqual(["a *** b\n", "***\n", "x=***\n"]);
+    expect(out.scrubbed({ message: "denied tok-0123456789abc", nested: ["tok-0123456789abc"] })).toEqual({ message: "denied ***", nested: ["***"] });
   });
 });

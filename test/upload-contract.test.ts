@@ -10,7 +10,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import YAML from "yaml";
 import { fingerprintOf, serverFingerprint } from "../kfp-sync.ts";
-import { EXAMPLES, FIXTURES, run, scratch } from "./helpers";
+import { EXAMPLES, FIXTURES, run, scratch, withServer } from "./helpers";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 
 const CONTRACT = path.join(FIXTURES, "contract");
@@ -67,7 +67,7 @@ describe("query values reach the server byte for byte", () => {
     const runUrl = "https://ci.example/o/r/actions/runs/7?attempt=1&x=a;b#frag";
     const first = await sync(dir, server.url, ["--version-tag", "v20260101-000000"], { KFP_SYNC_RUN_URL: runUrl });
     expect(first.code, first.stderr).toBe(0);
-    expect(first.json().pipelines[0]!.action).toBe("created");
+    expect(first.json().pipelines[0]!.state).toBe("created");
     const compiled = YAML.parse(fs.readFileSync(path.join(dir, ".out", file.replace(/\.py$/, ".yaml")), "utf8"));
     const described = compiled.pipelineInfo.description as string;
     expect(described).toContain("Fetch; chunk & embed + index # 100% a=b%3B");
@@ -80,14 +80,14 @@ describe("query values reach the server byte for byte", () => {
     fs.writeFileSync(path.join(dir, file), escapesPipeline(2));
     const second = await sync(dir, server.url, ["--version-tag", "v20260101-000001"], { KFP_SYNC_RUN_URL: runUrl });
     expect(second.code, second.stderr).toBe(0);
-    expect(second.json().pipelines[0]!.action).toBe("versioned");
+    expect(second.json().pipelines[0]!.state).toBe("versioned");
     const version = server.state().versions.find((v) => v.name === "v20260101-000001")!;
     expect(version.description).toContain(`from ${file} · `);
     expect(version.description).toContain(`run ${runUrl} · `);
     for (const r of writes(server)) expect(r.status, `${r.path} ${JSON.stringify(r.query)}`).toBe(200);
 
     const third = await sync(dir, server.url, [], { KFP_SYNC_RUN_URL: runUrl });
-    expect(third.json().pipelines[0]!.action).toBe("unchanged");
+    expect(third.json().pipelines[0]!.state).toBe("unchanged");
     expect(writes(server).length).toBe(2);
   });
 
@@ -96,10 +96,10 @@ describe("query values reach the server byte for byte", () => {
     const dir = scratch({ "document_ingestion_pipeline.py": { from: path.join(EXAMPLES, "document_ingestion_pipeline.py") } });
     const first = await sync(dir, server.url);
     expect(first.code, first.stderr).toBe(0);
-    expect(first.json().pipelines[0]!.action).toBe("created");
+    expect(first.json().pipelines[0]!.state).toBe("created");
     expect(server.state().pipelines[0]!.description).toContain("for RAG; log the run");
     const second = await sync(dir, server.url);
-    expect(second.json().pipelines[0]!.action).toBe("unchanged");
+    expect(second.json().pipelines[0]!.state).toBe("unchanged");
     expect(writes(server).length).toBe(1);
   });
 
@@ -120,7 +120,7 @@ describe("query values reach the server byte for byte", () => {
     expect(stored.tags!.commit).toBe(sha256Commit.slice(0, 63));
     // The fingerprint survived the cut: nothing to do on the next run.
     const again = await sync(dir, server.url, [], { GITHUB_SHA: sha256Commit });
-    expect(again.json().pipelines[0]!.action).toBe("unchanged");
+    expect(again.json().pipelines[0]!.state).toBe("unchanged");
     expect(writes(server).length).toBe(1);
 
     // 22 characters, 66 bytes: the server's 63 counts bytes.
@@ -179,7 +179,7 @@ describe("every answer is checked before it is believed", () => {
         const r = await sync(scratch({ "evaluation_pipeline.py": { from: path.join(EXAMPLES, "evaluation_pipeline.py") } }), gw.url);
         expect(r.code, r.stderr).toBe(1);
         const p = r.json().pipelines[0]!;
-        expect(p.action).toBe("failed");
+        expect(p.state).toBe("failed");
         expect(p.pipelineId).toBeUndefined();
         expect(p.error.message).toMatch(message);
       } finally {
@@ -205,7 +205,7 @@ describe("multi-user: shared pipelines, identity", () => {
     expect(inTeam.code, inTeam.stderr).toBe(0);
     const shared = await sync(dir, kfp.url, ["--shared"]);
     expect(shared.code, shared.stderr).toBe(0);
-    expect(shared.json().pipelines[0]!.action).toBe("created");
+    expect(shared.json().pipelines[0]!.state).toBe("created");
     const upload = writes(kfp).at(-1)!;
     expect(upload.path).toBe("/apis/v2beta1/pipelines/upload");
     expect(upload.query.namespace).toBeUndefined();
@@ -213,7 +213,7 @@ describe("multi-user: shared pipelines, identity", () => {
     expect(byNs).toEqual(["(shared)", "team-a"]);
     const again = await sync(dir, kfp.url, [], { KFP_SHARED: "1" });
     expect(again.code, again.stderr).toBe(0);
-    expect(again.json().pipelines[0]!.action).toBe("unchanged");
+    expect(again.json().pipelines[0]!.state).toBe("unchanged");
     expect(kfp.state().versions.length).toBe(2);
 
     const both = await sync(dir, kfp.url, ["--shared", "--namespace", "team-a"]);
@@ -222,15 +222,12 @@ describe("multi-user: shared pipelines, identity", () => {
   });
 
   test("--shared on a server that requires a namespace: said as such, nothing written", async () => {
-    const strict = await startKfpServer({ multiUser: true, requireNamespace: true });
-    try {
+    await withServer(startKfpServer({ multiUser: true, requireNamespace: true }), async (strict) => {
       const r = await sync(one(), strict.url, ["--shared"]);
       expect(r.code).toBe(1);
       expect(r.json().pipelines[0]!.error.message).toContain("this server allows no shared pipelines (REQUIRE_NAMESPACE_FOR_PIPELINES): use --namespace/KFP_NAMESPACE instead of --shared");
       expect(writes(strict)).toEqual([]);
-    } finally {
-      await strict.stop();
-    }
+    });
   });
 
   const recorded401 = {
@@ -325,7 +322,7 @@ describe("the newest second of versions, and version skew", () => {
       try {
         const r = await sync(dir, gw.url, ["--version-tag", "v20260101-000001"]);
         expect(r.code, r.stderr).toBe(0);
-        expect(r.json().pipelines[0]!.action).toBe("versioned");
+        expect(r.json().pipelines[0]!.state).toBe("versioned");
       } finally {
         await gw.stop();
       }
@@ -339,7 +336,7 @@ describe("the newest second of versions, and version skew", () => {
       try {
         const r = await sync(dir, gw.url, ["--version-tag", "v20260101-000001"]);
         expect(r.code, r.stderr).toBe(0);
-        expect(r.json().pipelines[0]!.action).toBe("unchanged");
+        expect(r.json().pipelines[0]!.state).toBe("unchanged");
         expect(writes(kfp).length).toBe(1);
       } finally {
         await gw.stop();
@@ -358,7 +355,7 @@ describe("the newest second of versions, and version skew", () => {
       fs.writeFileSync(file, source.replace("max_samples: int = 2000", `max_samples: int = ${samples}`));
       const r = await sync(dir, kfp.url, ["--version-tag", `v20260101-00000${i}`]);
       expect(r.code, r.stderr).toBe(0);
-      actions.push(r.json().pipelines[0]!.action);
+      actions.push(r.json().pipelines[0]!.state);
     }
     expect(actions).toEqual(["created", "versioned", "versioned", "unchanged"]);
     const seconds = kfp.state().versions.map((v) => v.created_at);
@@ -397,8 +394,7 @@ describe("a version uploaded by someone else (no kfp-sync marker) of the same sp
   });
 
   test("end to end: the compiled spec uploaded by a plain multipart POST, then kfp-sync: unchanged", async () => {
-    const kfp = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (kfp) => {
       const dir = scratch({ "defaults_pipeline.py": { from: path.join(CONTRACT, "defaults_pipeline.py") } });
       const dry = await run(["--dry-run", "--out-dir", path.join(dir, ".out")], { cwd: dir });
       expect(dry.code, dry.stderr).toBe(0);
@@ -408,17 +404,14 @@ describe("a version uploaded by someone else (no kfp-sync marker) of the same sp
       expect(res.status).toBe(200);
       const r = await sync(dir, kfp.url);
       expect(r.code, r.stderr).toBe(0);
-      expect(r.json().pipelines[0]!.action).toBe("unchanged");
+      expect(r.json().pipelines[0]!.state).toBe("unchanged");
       expect(writes(kfp).length).toBe(1);
-    } finally {
-      await kfp.stop();
-    }
+    });
   });
 });
 
 test("the kfp-kubernetes examples: the platform spec is uploaded, survives the round trip, re-syncs unchanged (with and without the marker)", async () => {
-  const kfp = await startKfpServer();
-  try {
+  await withServer(startKfpServer(), async (kfp) => {
     const files = ["qlora_pdf_pipeline.py", "vllm_tuning_pipeline.py", "dvd_transcription_pipeline.py"];
     const dir = scratch(Object.fromEntries(files.map((f) => [f, { from: path.join(EXAMPLES, f) }])));
     const first = await sync(dir, kfp.url);
@@ -441,7 +434,5 @@ test("the kfp-kubernetes examples: the platform spec is uploaded, survives the r
     const unmarked = await sync(dir, kfp.url);
     expect(unmarked.json().counts).toMatchObject({ unchanged: 3, failed: 0 });
     expect(writes(kfp).length).toBe(3);
-  } finally {
-    await kfp.stop();
-  }
+  });
 });

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { FIXTURES, examplesCopy, run, scratch } from "./helpers";
+import { FIXTURES, examplesCopy, run, scratch, withServer } from "./helpers";
 import { startKfpServer, type RecordedRequest } from "./kfp-server";
 import { imitationOnly, syncTarget, type SyncTarget } from "./kfp-target";
 
@@ -49,7 +49,7 @@ describe("upload", () => {
     const state = await server.state();
     expect(state.pipelines.map((p) => p.name).sort()).toEqual(s1.pipelines.map((p) => p.name).sort());
     for (const p of s1.pipelines) {
-      expect(p.action).toBe("created");
+      expect(p.state).toBe("created");
       const version = state.versions.find((v) => v.pipeline_version_id === p.versionId)!;
       expect(version.pipeline_id).toBe(p.pipelineId);
       expect(p.url).toBe(`${server.url}/#/pipelines/details/${p.pipelineId}/version/${p.versionId}`);
@@ -69,7 +69,7 @@ describe("upload", () => {
     expect(third.code).toBe(0);
     const s3 = third.json();
     expect(s3.counts).toMatchObject({ versioned: 1, unchanged: 5, uploaded: 1 });
-    const versioned = s3.pipelines.find((p) => p.action === "versioned")!;
+    const versioned = s3.pipelines.find((p) => p.state === "versioned")!;
     expect(versioned.file).toBe("evaluation_pipeline.py");
     expect(versioned.versionName).toBe("v20260213-150000");
     const upload = writes(server).at(-1)!;
@@ -98,43 +98,42 @@ describe("upload", () => {
     expect(r.code).toBe(0);
     const plans = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p.plan]));
     expect(plans).toEqual({
-      "document_ingestion_pipeline.py": "would create",
-      "dvd_transcription_pipeline.py": "would create",
-      "evaluation_pipeline.py": "would add version",
-      "qlora_pdf_pipeline.py": "would create",
+      "document_ingestion_pipeline.py": "create",
+      "dvd_transcription_pipeline.py": "create",
+      "evaluation_pipeline.py": "version",
+      "qlora_pdf_pipeline.py": "create",
       "vllm_tuning_pipeline.py": "unchanged",
-      "voice_cloning_pipeline.py": "would create",
+      "voice_cloning_pipeline.py": "create",
     });
     expect(r.json().counts).toMatchObject({ uploaded: 0, created: 0, versioned: 0, unchanged: 1 });
     expect(server.requests.slice(before).map((q) => q.method)).toEqual(expect.arrayContaining(["GET"]));
     expect(server.requests.slice(before).filter((q) => q.method !== "GET")).toEqual([]);
   });
 
-  test("kfp's random key order in the YAML header (dict defaults) is not a change", async () => {
+  test("kfp's random key order in the YAML header (dict defaults): the same YAML every run, and no change", async () => {
     server.reset();
     const dir = scratch({ "dict_default_pipeline.py": { from: path.join(FIXTURES, "nondeterministic/dict_default_pipeline.py") } });
     const texts = new Set<string>();
     for (let i = 0; i < 4; i++) {
       const r = await sync(dir, server);
       expect(r.code).toBe(0);
-      expect(r.json().pipelines[0]!.action).toBe(i === 0 ? "created" : "unchanged");
+      expect(r.json().pipelines[0]!.state).toBe(i === 0 ? "created" : "unchanged");
       texts.add(fs.readFileSync(path.join(dir, ".out/dict_default_pipeline.yaml"), "utf8"));
     }
+    // The compile is deterministic (issue 16): kfp alone would order the header's keys differently per process.
+    expect(texts.size).toBe(1);
     expect(writes(server).length).toBe(1);
   });
 
   test.skipIf(imitationOnly("a server older than the SDK", "needs a server that says it is 2.16.0"))("a server older than the SDK: a warning, and no tags parameter (it predates 2.17)", async () => {
-    const old = await startKfpServer({ version: "2.16.0" });
-    try {
+    await withServer(startKfpServer({ version: "2.16.0" }), async (old) => {
       const r = await sync(examplesCopy(), old, ["evaluation_pipeline.py"]);
       expect(r.code).toBe(0);
       expect(r.stderr).toContain("the server (2.16.0) is a minor release behind the kfp SDK that compiled (2.17.3)");
       expect(r.stderr).toContain("it may refuse the compiled spec or ignore what it does not know");
       expect(r.json().server.version).toBe("2.16.0");
       expect(writes(old)[0]!.query.tags).toBeUndefined();
-    } finally {
-      await old.stop();
-    }
+    });
   });
 
   test("--name-from file names pipelines after their files", async () => {
@@ -157,10 +156,10 @@ describe("upload", () => {
     const r = await sync(dir, server, ["--name-from", "file"]);
     expect(r.code).toBe(1);
     const byFile = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p]));
-    expect(byFile["huge_pipeline.py"].action).toBe("failed");
+    expect(byFile["huge_pipeline.py"].state).toBe("failed");
     expect(byFile["huge_pipeline.py"].error.message).toMatch(/compiled spec is 3\d\.\d MiB; the server accepts at most 32 MiB/);
     expect(byFile[long].error.message).toContain("the server allows 128");
-    expect(byFile["ok_pipeline.py"].action).toBe("created");
+    expect(byFile["ok_pipeline.py"].state).toBe("created");
     expect(writes(server).map((w) => w.query.name)).toEqual(["ok-pipeline"]);
   });
 });
@@ -169,8 +168,7 @@ describe("upload: auth, namespaces and server errors", () => {
   const TOKEN = "kfp-test-token-9f8e7d6c5b4a";
 
   test.skipIf(imitationOnly("the bearer token is sent on every call", "needs a server that accepts only this test's own token"))("the bearer token is sent on every call and never printed", async () => {
-    const server = await startKfpServer({ token: TOKEN });
-    try {
+    await withServer(startKfpServer({ token: TOKEN }), async (server) => {
       const dir = examplesCopy();
       const ok = await sync(dir, server, ["evaluation_pipeline.py"], { KFP_TOKEN: TOKEN });
       expect(ok.code).toBe(0);
@@ -188,7 +186,7 @@ describe("upload: auth, namespaces and server errors", () => {
       fs.writeFileSync(tokenFile, `${TOKEN}\n`);
       const fromFile = await sync(dir, server, ["evaluation_pipeline.py"], { KF_PIPELINES_SA_TOKEN_PATH: tokenFile });
       expect(fromFile.code).toBe(0);
-      expect(fromFile.json().pipelines[0]!.action).toBe("unchanged");
+      expect(fromFile.json().pipelines[0]!.state).toBe("unchanged");
       expect(fromFile.stderr).toContain(`token from ${tokenFile}`);
 
       const wrong = await sync(dir, server, ["evaluation_pipeline.py"], { KFP_TOKEN: "wrong-token-value" });
@@ -196,14 +194,11 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(wrong.json().pipelines[0]!.error.message).toContain("HTTP 401");
       expect(wrong.stderr).toContain("set KFP_TOKEN, KF_PIPELINES_SA_TOKEN_PATH or KFP_COOKIE");
       expect(wrong.stdout + wrong.stderr).not.toContain("wrong-token-value");
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test.skipIf(imitationOnly("KFP_COOKIE", "reads every request's headers, which only the imitation records"))("KFP_COOKIE: a bare value is sent as Dex's authservice_session cookie, never printed", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const r = await sync(examplesCopy(), server, ["evaluation_pipeline.py"], { KFP_COOKIE: "dex-session-value-1234" });
       expect(r.code).toBe(0);
       expect(r.stderr).toContain("cookie from KFP_COOKIE");
@@ -212,14 +207,11 @@ describe("upload: auth, namespaces and server errors", () => {
         expect(q.headers.authorization).toBeUndefined();
       }
       expect(r.stdout + r.stderr).not.toContain("dex-session-value-1234");
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test.skipIf(imitationOnly("multi-user namespaces", "needs its own multi-user server with namespaces team-a"))("multi-user: the namespace goes with every call that takes one; without it, exit 2", async () => {
-    const server = await startKfpServer({ multiUser: true });
-    try {
+    await withServer(startKfpServer({ multiUser: true }), async (server) => {
       const dir = examplesCopy();
       const missing = await sync(dir, server);
       expect(missing.code).toBe(2);
@@ -237,15 +229,12 @@ describe("upload: auth, namespaces and server errors", () => {
       expect((await server.state()).pipelines[0]!.namespace).toBe("team-a");
       touch(dir, "evaluation_pipeline.py");
       const v = await sync(dir, server, ["evaluation_pipeline.py", "--namespace", "team-a"], { KFP_TOKEN: "team-a-editor-token" });
-      expect(v.json().pipelines[0]!.action).toBe("versioned");
-    } finally {
-      await server.stop();
-    }
+      expect(v.json().pipelines[0]!.state).toBe("versioned");
+    });
   });
 
   test.skipIf(imitationOnly("403, 409, 400 and 500 from the server", "injects faults (failNext), which only the imitation can"))("403, 409, 400 and 500 from the server: each reported clearly, the other pipelines go on", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const dir = examplesCopy();
       const cases: [number, string][] = [
         [403, "HTTP 403"],
@@ -258,11 +247,11 @@ describe("upload: auth, namespaces and server errors", () => {
         const r = await sync(dir, server, ["evaluation_pipeline.py", "vllm_tuning_pipeline.py"]);
         expect(r.code, String(status)).toBe(1);
         const s = r.json();
-        const failed = s.pipelines.filter((p) => p.action === "failed");
+        const failed = s.pipelines.filter((p) => p.state === "failed");
         expect(failed.length, String(status)).toBe(1);
         expect(failed[0]!.error.message).toContain(text);
         expect(failed[0]!.error.message).toMatch(/create pipeline [a-z-]+: HTTP \d{3} — .+ \(.+\)/);
-        expect(s.pipelines.filter((p) => p.action === "created").length).toBe(1);
+        expect(s.pipelines.filter((p) => p.state === "created").length).toBe(1);
         expect((await server.state()).pipelines.length).toBe(1);
       }
       // 409 on create: someone else created it in between; we look again and carry on as a version.
@@ -272,16 +261,14 @@ describe("upload: auth, namespaces and server errors", () => {
       server.failNext(/GET \/apis\/v2beta1\/pipelines\/names\//, 404, 1);
       const raced = await sync(dir, server, ["evaluation_pipeline.py", "--version-tag", TAG]);
       expect(raced.code).toBe(0);
-      expect(raced.json().pipelines[0]!.action).toBe("versioned");
+      expect(raced.json().pipelines[0]!.state).toBe("versioned");
       // 409 on a version name that exists with another spec: reported, nothing overwritten.
       touch(dir, "evaluation_pipeline.py");
       const clash = await sync(dir, server, ["evaluation_pipeline.py", "--version-tag", TAG]);
       expect(clash.code).toBe(1);
       expect(clash.json().pipelines[0]!.error.message).toContain(`a different version named ${TAG} already exists`);
       expect((await server.state()).versions.filter((v) => v.name === TAG).length).toBe(1);
-    } finally {
-      await server.stop();
-    }
+    });
   });
 
   test("an unreachable server: every pipeline fails with one clear message, exit 1", async () => {
@@ -294,8 +281,7 @@ describe("upload: auth, namespaces and server errors", () => {
   });
 
   test.skipIf(imitationOnly("a flaky read is retried", "injects faults (failNext), which only the imitation can"))("a flaky read is retried with backoff and the sync succeeds", async () => {
-    const server = await startKfpServer();
-    try {
+    await withServer(startKfpServer(), async (server) => {
       const dir = examplesCopy();
       server.failNext(/GET \/apis\/v2beta1\/healthz/, 503, 2);
       server.failNext(/GET \/apis\/v2beta1\/pipelines\/names\//, 502, 1);
@@ -303,10 +289,8 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(r.code).toBe(0);
       expect(r.stderr).toMatch(/HTTP 503.*retrying in/);
       expect(r.stderr).toMatch(/HTTP 502.*retrying in/);
-      expect(r.json().pipelines[0]!.action).toBe("created");
-    } finally {
-      await server.stop();
-    }
+      expect(r.json().pipelines[0]!.state).toBe("created");
+    });
   });
 
   test("two syncs at once: one pipeline per name, nothing duplicated", async () => {
@@ -319,7 +303,7 @@ describe("upload: auth, namespaces and server errors", () => {
       expect(names.length).toBe(6);
       expect(new Set(names).size).toBe(6);
       expect((await server.state()).versions.length).toBe(6);
-      const actions = [...a.json().pipelines, ...b.json().pipelines].map((p) => p.action);
+      const actions = [...a.json().pipelines, ...b.json().pipelines].map((p) => p.state);
       expect(actions.filter((x) => x === "created").length).toBe(6);
       expect(actions.filter((x) => x === "unchanged").length).toBe(6);
     } finally {
@@ -356,7 +340,7 @@ def zeros(xs: List[int] = ${xs}, flag: str = ${flag}):
         if (i > 0) await Bun.sleep(1100);
         fs.writeFileSync(path.join(dir, "zeros_pipeline.py"), pipeline(xs, flag));
         const r = await sync(dir, server, ["--version-tag", `v2026010${i}-000000`]);
-        expect(r.json().pipelines[0]!.action, `${xs} ${flag}`).toBe(action);
+        expect(r.json().pipelines[0]!.state, `${xs} ${flag}`).toBe(action);
       }
     } finally {
       await server.stop();
@@ -375,7 +359,7 @@ test("two files with one pipeline name: both refused with the other named, the r
     const byFile = Object.fromEntries(r.json().pipelines.map((p) => [p.file, p]));
     expect(byFile["a_pipeline.py"].error.message).toContain('pipeline name "params-defaults" is also the name of b_pipeline.py');
     expect(byFile["b_pipeline.py"].error.message).toContain("is also the name of a_pipeline.py");
-    expect(byFile["c_pipeline.py"].action).toBe("created");
+    expect(byFile["c_pipeline.py"].state).toBe("created");
     expect((await server.state()).pipelines.map((p) => p.name)).toEqual(["components-and-pipeline"]);
   } finally {
     await server.stop();

@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { parse, parseAllDocuments } from "yaml";
 import pkg from "../package.json";
-import { BIN, EXAMPLES, PYTHON, ROOT, run, scratch } from "./helpers";
+import { BIN, EXAMPLES, PYTHON, ROOT, parseOutputs, run, scratch } from "./helpers";
 
 const ACTIONLINT = path.join(ROOT, ".tools/bin/actionlint");
 const COMPILE_UPLOAD = ".gitea/workflows/compile-upload.yaml";
@@ -33,22 +33,6 @@ function actionlint(files: string[], cwd = ROOT): { code: number; output: string
 
 function readYaml(file: string): any {
   return parse(fs.readFileSync(path.join(ROOT, file), "utf8"));
-}
-
-/** Names in a GITHUB_OUTPUT file: `name=value` lines and `name<<DELIMITER` blocks, as the runner reads it. */
-function outputNames(text: string): string[] {
-  const names: string[] = [];
-  const lines = text.split("\n");
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!;
-    const block = /^([A-Za-z_][\w-]*)<<(.+)$/.exec(line);
-    if (block) {
-      names.push(block[1]!);
-      while (i + 1 < lines.length && lines[i + 1] !== block[2]) i++;
-      i++;
-    } else if (/^[A-Za-z_][\w-]*=/.test(line)) names.push(line.slice(0, line.indexOf("=")));
-  }
-  return names;
 }
 
 describe("workflows: actionlint", () => {
@@ -107,7 +91,7 @@ describe("workflows: compile-upload uses what kfp-sync offers", () => {
     fs.writeFileSync(outputFile, "");
     const r = await run(["--dry-run", "--out-dir", path.join(out, "compiled")], { cwd: EXAMPLES, env: { GITHUB_OUTPUT: outputFile } });
     expect(r.code).toBe(0);
-    const written = outputNames(fs.readFileSync(outputFile, "utf8"));
+    const written = [...parseOutputs(fs.readFileSync(outputFile, "utf8")).keys()];
     expect(written).toContain("summary_json");
 
     const mapped: string[] = [];
@@ -138,6 +122,12 @@ describe("workflows: compile-upload uses what kfp-sync offers", () => {
     expect(uses).toEqual(["actions/checkout", "actions/setup-node", "actions/setup-python", "actions/setup-go", "actions/cache"]);
     expect(ci.jobs.test.steps.find((s: any) => s.uses?.startsWith("actions/setup-python")).with["python-version"]).toBe("3.11");
     expect(ci.jobs.test.steps.at(-1).run).toBe("npm test");
+    // The typecheck runs before the tests, so a type error fails CI.
+    const testRuns = (ci.jobs.test.steps as any[]).map((s) => s.run).filter(Boolean);
+    expect(testRuns).toEqual(["npm run setup", "npm run typecheck", "npm test"]);
+    const ciRun = fs.readFileSync(path.join(ROOT, ".ci/run"), "utf8");
+    expect(ciRun.indexOf("npm run typecheck")).toBeGreaterThan(0);
+    expect(ciRun.indexOf("npm run typecheck")).toBeLessThan(ciRun.indexOf("npm test 2>&1"));
     expect(ci.jobs.binaries.needs).toBe("test");
     const runs = (ci.jobs.binaries.steps as any[]).map((s) => s.run).filter(Boolean);
     expect(runs[0]).toBe("npm ci");
