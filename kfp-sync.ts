@@ -1697,13 +1697,31 @@ export function canonicalServerSpec(stored: unknown): CanonicalSpec {
   return canonicalSpec(ps, undefined);
 }
 
-const MAX_VALUE_TEXT = 80;
+const MAX_VALUE_TEXT = 160;
+const SHORT_LIST = 60;
 
-/** A value as a person reads it on one line: strings bare, the rest as JSON, long ones cut. */
+/** A value as a person reads it on one line: strings bare, an env entry as NAME=value, the rest as JSON, long ones cut. */
 function valueText(value: unknown): string {
   if (value === undefined) return "(none)";
-  const text = typeof value === "string" ? value : JSON.stringify(value);
+  const isEntry = (v: unknown): v is { name: string; value: unknown } =>
+    !!v && typeof v === "object" && typeof (v as { name?: unknown }).name === "string" && Object.keys(v).length === 2 && "value" in v;
+  const text =
+    typeof value === "string" ? value
+    : isEntry(value) ? `${value.name}=${valueText(value.value)}`
+    : Array.isArray(value) && value.length > 0 && value.every(isEntry) ? value.map(valueText).join(", ")
+    : JSON.stringify(value);
   return text.length > MAX_VALUE_TEXT ? `${text.slice(0, MAX_VALUE_TEXT - 1)}…` : text;
+}
+
+/** Before → after; for long lists only what came and went (`+ --bf16`), which is what a reader looks for. */
+function arrowText(before: unknown, after: unknown): string {
+  const full = `${valueText(before)} → ${valueText(after)}`;
+  if (!Array.isArray(before) || !Array.isArray(after) || (JSON.stringify(before).length <= SHORT_LIST && JSON.stringify(after).length <= SHORT_LIST)) return full;
+  const keys = (list: unknown[]) => list.map((v) => JSON.stringify(v));
+  const [b, a] = [keys(before), keys(after)];
+  const added = after.filter((_, i) => !b.includes(a[i]!)).map((v) => `+ ${valueText(v)}`);
+  const removed = before.filter((_, i) => !a.includes(b[i]!)).map((v) => `- ${valueText(v)}`);
+  return added.length + removed.length > 0 ? [...removed, ...added].join(", ") : `reordered: ${full}`;
 }
 
 interface RawDiff { path: string[]; before: unknown; after: unknown }
@@ -1741,7 +1759,8 @@ function tasksByExecutor(spec: CanonicalSpec): Map<string, string[]> {
 function parameterSummary(p: any): string {
   const type = p?.parameterType ? ` ${p.parameterType}` : "";
   const dflt = p && "defaultValue" in p ? ` = ${valueText(p.defaultValue)}` : "";
-  return `${type}${dflt}${p?.isOptional ? " (optional)" : ""}`;
+  // kfp marks every parameter with a default optional: said only when that is not why.
+  return `${type}${dflt}${p?.isOptional && !dflt ? " (optional)" : ""}`;
 }
 
 /** A pipeline seen for the first time: "new", with its parameters. */
@@ -1760,7 +1779,7 @@ export function diffSpecs(name: string, before: CanonicalSpec, after: CanonicalS
   const movedTasks = new Set<string>(); // tasks added or removed: their component and executor go with them
   const diffs = rawDiff(before, after);
   const what = (d: RawDiff): Change["change"] => (d.before === undefined ? "added" : d.after === undefined ? "removed" : "changed");
-  const arrow = (d: RawDiff) => `${valueText(d.before)} → ${valueText(d.after)}`;
+  const arrow = (d: RawDiff) => arrowText(d.before, d.after);
   const add = (d: RawDiff, kind: ChangeKind, text: string, task?: string) =>
     changes.push({ kind, path: d.path.join("."), task, change: what(d), before: d.before, after: d.after, text: `${name}: ${text}` });
   const later: RawDiff[] = [];
@@ -1815,6 +1834,11 @@ export function diffSpecs(name: string, before: CanonicalSpec, after: CanonicalS
       else if (p[4] === "container" && (field === "command" || field === "args" || field === "env")) add(d, field, `${who} ${field} ${arrow(d)}`, task);
       else if (p[4] === "container" && field === "resources") {
         const r = p.slice(6);
+        // kfp 2.17 writes each limit twice, as the old number (cpuLimit: 2.0) and the new text
+        // (resourceCpuLimit: "2"): the new one is said, the old one only where it stands alone.
+        const sides = [before, after].map((side) => valueAt(side, p.slice(0, r[0] === "accelerator" ? 7 : 6)) as Record<string, unknown> | undefined);
+        const newer = r[0] === "accelerator" ? { count: "resourceCount", type: "resourceType" }[r[1] ?? ""] : `resource${(r[0] ?? "").charAt(0).toUpperCase()}${(r[0] ?? "").slice(1)}`;
+        if (newer && r.length === (r[0] === "accelerator" ? 2 : 1) && sides.some((o) => o && typeof o === "object" && newer in o)) continue;
         const label = r[0] === "accelerator" ? `accelerator ${r[1] === "count" || r[1] === "resourceCount" ? "count" : r[1] === "type" || r[1] === "resourceType" ? "type" : r.slice(1).join(".") || ""}`.trim() : (RESOURCE_NAMES[r[0] ?? ""] ?? (r.join(".") || "resources"));
         add(d, "resources", `${who} ${label} ${arrow(d)}`, task);
       } else add(d, "other", `${who} ${p.slice(4).join(".") || "executor"} ${arrow(d)}`, task);
@@ -1828,6 +1852,10 @@ export function diffSpecs(name: string, before: CanonicalSpec, after: CanonicalS
     add(d, "other", `${p.join(".")} ${arrow(d)}`);
   }
   return changes.map((c, i) => ({ c, i })).sort((x, y) => KIND_ORDER.indexOf(x.c.kind) - KIND_ORDER.indexOf(y.c.kind) || x.i - y.i).map(({ c }) => c);
+}
+
+function valueAt(doc: unknown, at: string[]): unknown {
+  return at.reduce<unknown>((v, k) => (v && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined), doc);
 }
 
 /** The tasks that use a component, on either side. */
