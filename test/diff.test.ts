@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { run, scratch } from "./helpers";
 import { startNtfyServer, type NtfyServer } from "./ntfy-server";
 import { syncTarget, type SyncTarget } from "./kfp-target";
+import { canonicalServerSpec, canonicalSpec, diffSpecs, fingerprintOf, newPipelineChanges, serverFingerprint } from "../kfp-sync.ts";
 
 // One pipeline with one of each kind the diff must name; `edit` below changes each of them.
 const PIPELINE = `from kfp import dsl, kubernetes
@@ -140,7 +141,6 @@ describe("diff", () => {
       "task train kubernetes nodeSelector.labels.gpu a100 → h100",
       "task for-loop-4 loop parameterIterator.items.raw [0.5, 0.7] → [0.5, 0.7, 0.9]",
     ];
-    if (process.env.DIFF_DEBUG) console.error(texts.join("\n"));
     for (const want of expected) expect(texts.find((t) => t.startsWith(want)) ?? texts).toBeString();
     expect(texts).toContain("task train args + --bf16");
     expect(texts).toContain("task train env MODE=one → MODE=two");
@@ -191,5 +191,44 @@ describe("diff", () => {
     const p = r.json().pipelines[0]!;
     expect(p).toMatchObject({ action: "versioned", changes: [{ kind: "unavailable", text: `${first.name}: changes not available: the server's latest version carries no readable spec` }] });
     expect(r.stderr).toContain("changes not available");
+  });
+});
+
+// The pure functions, beside the end-to-end tests above: cases the examples cannot reach.
+
+describe("diff: the pure functions", () => {
+  const ir = (over: Record<string, unknown> = {}) => ({
+    pipelineInfo: { name: "p" },
+    sdkVersion: "kfp-2.17.3",
+    root: { inputDefinitions: { parameters: { lr: { parameterType: "NUMBER_DOUBLE", defaultValue: "1e-4", isOptional: true } } }, dag: { tasks: {} } },
+    ...over,
+  });
+
+  test("the server's re-marshalled copy is no change, exactly when the fingerprints agree", () => {
+    const stored = { pipeline_spec: { ...ir(), root: { inputDefinitions: { parameters: { lr: { parameterType: "NUMBER_DOUBLE", defaultValue: 0.0001, isOptional: true } } }, dag: {} } }, platform_spec: { platforms: {} } };
+    expect(diffSpecs("p", canonicalServerSpec(stored), canonicalSpec(ir(), undefined))).toEqual([]);
+    expect(serverFingerprint(stored)).toBe(fingerprintOf(ir(), undefined));
+    const other = ir({ pipelineInfo: { name: "p", description: "new words" } });
+    expect(serverFingerprint(stored)).not.toBe(fingerprintOf(other, undefined));
+    expect(diffSpecs("p", canonicalServerSpec(stored), canonicalSpec(other, undefined))).toEqual([
+      { kind: "other", path: "pipeline_spec.pipelineInfo.description", change: "added", before: undefined, after: "new words", text: "p: pipeline_spec.pipelineInfo.description (none) → new words", task: undefined },
+    ]);
+  });
+
+  test("an SDK bump alone is no change; a parameter's optional flag and type are named", () => {
+    expect(diffSpecs("p", canonicalSpec(ir(), undefined), canonicalSpec(ir({ sdkVersion: "kfp-2.17.4" }), undefined))).toEqual([]);
+    const after = ir();
+    (after.root.inputDefinitions.parameters as any).k = { parameterType: "STRING", isOptional: true };
+    const before = ir();
+    (before.root.inputDefinitions.parameters as any).k = { parameterType: "NUMBER_INTEGER" };
+    expect(diffSpecs("p", canonicalSpec(before, undefined), canonicalSpec(after, undefined)).map((c) => c.text)).toEqual([
+      "p: parameter k optional no → yes",
+      "p: parameter k type NUMBER_INTEGER → STRING",
+    ]);
+  });
+
+  test("a new pipeline lists its parameters; one without says so", () => {
+    expect(newPipelineChanges("p", canonicalSpec(ir(), undefined))[0]!.text).toBe("p: new pipeline, parameters lr NUMBER_DOUBLE = 0.0001");
+    expect(newPipelineChanges("q", canonicalSpec({ pipelineInfo: { name: "q" } }, undefined))[0]!.text).toBe("q: new pipeline, no parameters");
   });
 });
