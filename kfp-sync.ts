@@ -2120,7 +2120,9 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
   };
 
   let plan = await planUpload(ctx, name, fingerprint);
-  const changes = plan.kind === "unchanged" ? [] : changesOf(name, spec.yaml, plan.kind === "version" ? (plan.newest[0] ?? {}) : undefined);
+  const planned = plan;
+  // A pipeline without versions is as good as new: nothing to compare with.
+  const changes = plan.kind === "unchanged" ? [] : changesOf(name, spec.yaml, plan.kind === "version" ? plan.newest[0] : undefined);
   if (ctx.dryRun) {
     if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), plan: "unchanged", changes };
     const pipelineId = plan.kind === "version" ? plan.pipeline.pipeline_id : undefined;
@@ -2148,7 +2150,7 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
 
   const pipeline = plan.pipeline;
   // Raced into "version" by a create that lost (409): the diff is against what the other sync made.
-  const versionChanges = changes[0]?.kind === "new" ? changesOf(name, spec.yaml, plan.newest[0] ?? {}) : changes;
+  const versionChanges = plan === planned ? changes : changesOf(name, spec.yaml, plan.newest[0]);
   await outlastNewest(ctx, plan.newest);
   // The KFP UI shows a version's description: it says why the version exists (issue 17).
   const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description: fitDescription(changesDescription(versionChanges), description, ctx.warn), tags: tagsOf(ctx) };
