@@ -109,6 +109,8 @@ export interface UploadOutcome {
   versionName?: string;
   url?: string;
   problem?: Problem;
+  /** What the new version changes against the server's latest (issue 17); [] when nothing would. */
+  changes?: Change[];
 }
 
 export interface PipelineReport {
@@ -124,6 +126,8 @@ export interface PipelineReport {
   versionId?: string;
   versionName?: string;
   url?: string;
+  /** What this sync changes (or, in a dry run, would change) against the server's latest version. */
+  changes?: Change[];
   error?: Problem;
   timings: { compileMs?: number; uploadMs?: number };
 }
@@ -184,6 +188,7 @@ export const args = {
   "ntfy-token": { type: "string", description: "ntfy access token, or user:password (env NTFY_TOKEN)" },
   "ntfy-required": { type: "boolean", description: "A failed notification fails the run (env NTFY_REQUIRED)" },
   "run-url": { type: "string", description: "Link to the CI run (env KFP_SYNC_RUN_URL) [built from GITHUB_* variables]" },
+  "pr-comment": { type: "boolean", description: "On a pull_request run, post the plan as one comment on the pull request, edited on every push; needs GITEA_TOKEN or GITHUB_TOKEN (env KFP_SYNC_PR_COMMENT)" },
   verbose: { type: "boolean", description: "Show full errors and each HTTP request, never its headers (env KFP_SYNC_VERBOSE)" },
   version: { type: "boolean", description: "Print the version and exit" },
   help: { type: "boolean", alias: "h", description: "Show this help" },
@@ -225,6 +230,8 @@ export interface Config {
   ntfy?: { url: string; token?: string; required: boolean };
   runUrl?: string;
   commit?: string;
+  /** Post the plan on the pull request (issue 17). */
+  prComment: boolean;
   verbose: boolean;
   /** Values that must never be printed. */
   secrets: string[];
@@ -434,7 +441,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   }
   const jobs = wholeNumber(flag("jobs") ?? env.KFP_SYNC_JOBS, Math.max(1, os.availableParallelism()), "--jobs", 1);
   const cookieValues = (env.KFP_COOKIE ?? "").split(";").map((c) => c.slice(c.indexOf("=") + 1).trim());
-  const secrets = secretForms([token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ...credentialForms(ntfyAuthorization(ntfyToken)), ...ntfyAuthSecrets]);
+  const secrets = secretForms([token, auth.header?.value, auth.header?.value.replace(/^Bearer /, ""), env.KFP_COOKIE, ...cookieValues, ntfyToken, ...credentialForms(ntfyAuthorization(ntfyToken)), ...ntfyAuthSecrets, env.GITEA_TOKEN, env.GITHUB_TOKEN]);
 
   const namespace = flag("namespace") ?? env.KFP_NAMESPACE;
   const shared = bool("shared", "KFP_SHARED");
@@ -472,6 +479,7 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     ntfy: ntfyUrl ? { url: ntfyUrl, token: ntfyToken, required: bool("ntfy-required", "NTFY_REQUIRED") } : undefined,
     runUrl: flag("run-url"),
     commit: gitCommit(env, cwd),
+    prComment: bool("pr-comment", "KFP_SYNC_PR_COMMENT"),
     verbose: bool("verbose", "KFP_SYNC_VERBOSE"),
     secrets,
   };
@@ -1629,9 +1637,8 @@ function yamlNumber(text: string): number | undefined {
 }
 
 export function fingerprintOf(pipelineSpec: unknown, platformSpec: unknown): string {
-  const spec = pipelineSpec && typeof pipelineSpec === "object" ? { ...(pipelineSpec as Record<string, unknown>) } : {};
-  delete spec.sdkVersion;
-  const json = JSON.stringify(canonical({ pipeline_spec: spec, platform_spec: platformSpec ?? null }) ?? null);
+  // The diff (Spec diff, below) reads this same form.
+  const json = JSON.stringify(canonicalSpec(pipelineSpec, platformSpec));
   return createHash("sha256").update(json).digest("hex");
 }
 
@@ -1648,6 +1655,254 @@ function sameSpec(version: KfpPipelineVersion, fingerprint: string): boolean {
   const stored = FINGERPRINT_MARK.exec(version.description ?? "")?.[1];
   if (stored === fingerprint) return true;
   return version.pipeline_spec !== undefined && serverFingerprint(version.pipeline_spec) === fingerprint;
+}
+
+// ─── Spec diff (issue 17) ────────────────────────────────────────────────────────────────────────
+
+// What changed between the server's latest version and the compiled spec, read from the same
+// canonical form the fingerprint hashes: "unchanged" and "no changes" can never disagree, and the
+// server's re-marshalling (1e-4 → 0.0001, dropped zeros, the {pipeline_spec, platform_spec}
+// wrapper) is no change. Pure functions: canonical specs in, records and one-line texts out.
+
+export type ChangeKind =
+  | "new" | "parameter" | "task" | "image" | "command" | "args" | "env" | "resources" | "caching" | "retry"
+  | "control-flow" | "input" | "platform" | "other" | "unavailable";
+
+/** One change of one pipeline: a record for machines and `text`, one line for people. */
+export interface Change {
+  kind: ChangeKind;
+  /** Dotted path in the canonical {pipeline_spec, platform_spec} document. */
+  path?: string;
+  /** The task it concerns, when it concerns one. */
+  task?: string;
+  change?: "added" | "removed" | "changed";
+  before?: unknown;
+  after?: unknown;
+  text: string;
+}
+
+type CanonicalSpec = { pipeline_spec?: Record<string, any>; platform_spec?: Record<string, any> };
+
+/** The canonical document of a compiled spec (its two YAML documents) or of the server's stored one. */
+export function canonicalSpec(pipelineSpec: unknown, platformSpec: unknown): CanonicalSpec {
+  const spec = pipelineSpec && typeof pipelineSpec === "object" ? { ...(pipelineSpec as Record<string, unknown>) } : {};
+  delete spec.sdkVersion;
+  return (canonical({ pipeline_spec: spec, platform_spec: platformSpec ?? null }) ?? {}) as CanonicalSpec;
+}
+
+/** The server's stored spec: the IR, or {pipeline_spec, platform_spec} when it carried a platform spec. */
+export function canonicalServerSpec(stored: unknown): CanonicalSpec {
+  const ps = stored as Record<string, unknown> | undefined;
+  if (ps && typeof ps === "object" && "pipeline_spec" in ps && !("pipelineInfo" in ps)) return canonicalSpec(ps.pipeline_spec, ps.platform_spec);
+  return canonicalSpec(ps, undefined);
+}
+
+const MAX_VALUE_TEXT = 160;
+const SHORT_LIST = 60;
+
+/** A value as a person reads it on one line: strings bare, an env entry as NAME=value, the rest as JSON, long ones cut. */
+function valueText(value: unknown): string {
+  if (value === undefined) return "(none)";
+  const isEntry = (v: unknown): v is { name: string; value: unknown } =>
+    !!v && typeof v === "object" && typeof (v as { name?: unknown }).name === "string" && Object.keys(v).length === 2 && "value" in v;
+  const text =
+    typeof value === "string" ? value
+    : isEntry(value) ? `${value.name}=${valueText(value.value)}`
+    : Array.isArray(value) && value.length > 0 && value.every(isEntry) ? value.map(valueText).join(", ")
+    : JSON.stringify(value);
+  return text.length > MAX_VALUE_TEXT ? `${text.slice(0, MAX_VALUE_TEXT - 1)}…` : text;
+}
+
+/** Before → after; for long lists only what came and went (`+ --bf16`), which is what a reader looks for. */
+function arrowText(before: unknown, after: unknown): string {
+  const full = `${valueText(before)} → ${valueText(after)}`;
+  if (!Array.isArray(before) || !Array.isArray(after) || (JSON.stringify(before).length <= SHORT_LIST && JSON.stringify(after).length <= SHORT_LIST)) return full;
+  const keys = (list: unknown[]) => list.map((v) => JSON.stringify(v));
+  const [b, a] = [keys(before), keys(after)];
+  const added = after.filter((_, i) => !b.includes(a[i]!)).map((v) => `+ ${valueText(v)}`);
+  const removed = before.filter((_, i) => !a.includes(b[i]!)).map((v) => `- ${valueText(v)}`);
+  return added.length + removed.length > 0 ? [...removed, ...added].join(", ") : `reordered: ${full}`;
+}
+
+interface RawDiff { path: string[]; before: unknown; after: unknown }
+
+/** Leaf differences; a key present on one side only is one difference, lists are compared whole. */
+function rawDiff(a: unknown, b: unknown, at: string[] = []): RawDiff[] {
+  const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === "object" && !Array.isArray(v);
+  if (isObj(a) && isObj(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return keys.flatMap((k) => rawDiff(a[k], b[k], [...at, k]));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [{ path: at, before: a, after: b }];
+}
+
+const RESOURCE_NAMES: Record<string, string> = {
+  cpuLimit: "CPU limit", resourceCpuLimit: "CPU limit", cpuRequest: "CPU request", resourceCpuRequest: "CPU request",
+  memoryLimit: "memory limit", resourceMemoryLimit: "memory limit", memoryRequest: "memory request", resourceMemoryRequest: "memory request",
+};
+
+/** Executor label → the tasks that run it, in every DAG of the spec. */
+function tasksByExecutor(spec: CanonicalSpec): Map<string, string[]> {
+  const ps = spec.pipeline_spec ?? {};
+  const components: Record<string, any> = ps.components ?? {};
+  const dags = [ps.root?.dag, ...Object.values(components).map((c) => c?.dag)];
+  const byExecutor = new Map<string, string[]>();
+  for (const dag of dags) {
+    for (const [task, t] of Object.entries<any>(dag?.tasks ?? {})) {
+      const executor = components[t?.componentRef?.name]?.executorLabel;
+      if (typeof executor === "string") byExecutor.set(executor, [...(byExecutor.get(executor) ?? []), task].sort());
+    }
+  }
+  return byExecutor;
+}
+
+function parameterSummary(p: any): string {
+  const type = p?.parameterType ? ` ${p.parameterType}` : "";
+  const dflt = p && "defaultValue" in p ? ` = ${valueText(p.defaultValue)}` : "";
+  // kfp marks every parameter with a default optional: said only when that is not why.
+  return `${type}${dflt}${p?.isOptional && !dflt ? " (optional)" : ""}`;
+}
+
+/** A pipeline seen for the first time: "new", with its parameters. */
+export function newPipelineChanges(name: string, after: CanonicalSpec): Change[] {
+  const params = Object.entries<any>(after.pipeline_spec?.root?.inputDefinitions?.parameters ?? {});
+  const listed = params.map(([p, d]) => `${p}${parameterSummary(d)}`).join(", ");
+  return [{ kind: "new", change: "added", after: Object.fromEntries(params), text: `${name}: new pipeline${params.length ? `, parameters ${listed}` : ", no parameters"}` }];
+}
+
+const KIND_ORDER: ChangeKind[] = ["new", "parameter", "task", "image", "command", "args", "env", "resources", "caching", "retry", "control-flow", "input", "platform", "other", "unavailable"];
+
+/** Every change from `before` (the server's latest) to `after` (compiled), parameters first, in a stable order. */
+export function diffSpecs(name: string, before: CanonicalSpec, after: CanonicalSpec): Change[] {
+  const execTasks = new Map([...tasksByExecutor(before), ...tasksByExecutor(after)]);
+  const changes: Change[] = [];
+  const movedTasks = new Set<string>(); // tasks added or removed: their component and executor go with them
+  const diffs = rawDiff(before, after);
+  const what = (d: RawDiff): Change["change"] => (d.before === undefined ? "added" : d.after === undefined ? "removed" : "changed");
+  const arrow = (d: RawDiff) => arrowText(d.before, d.after);
+  const add = (d: RawDiff, kind: ChangeKind, text: string, task?: string) =>
+    changes.push({ kind, path: d.path.join("."), task, change: what(d), before: d.before, after: d.after, text: `${name}: ${text}` });
+  const later: RawDiff[] = [];
+  for (const d of diffs) {
+    const p = d.path;
+    const [doc, s1, s2, s3, s4] = p;
+    // root.inputDefinitions.parameters.P[.field]
+    if (doc === "pipeline_spec" && s1 === "root" && s2 === "inputDefinitions" && s3 === "parameters" && s4 !== undefined) {
+      const field = p[5];
+      if (field === undefined) add(d, "parameter", d.after === undefined ? `parameter ${s4} removed` : d.before === undefined ? `parameter ${s4} added:${parameterSummary(d.after)}` : `parameter ${s4} ${arrow(d)}`);
+      else if (field === "defaultValue") add(d, "parameter", `parameter ${s4} default ${arrow(d)}`);
+      else if (field === "parameterType") add(d, "parameter", `parameter ${s4} type ${arrow(d)}`);
+      else if (field === "isOptional") add(d, "parameter", `parameter ${s4} optional ${d.before ? "yes" : "no"} → ${d.after ? "yes" : "no"}`);
+      else add(d, "parameter", `parameter ${s4} ${p.slice(5).join(".")} ${arrow(d)}`);
+      continue;
+    }
+    // Tasks of the root DAG or of a sub-DAG (conditions, loops, exit handlers are sub-DAGs).
+    const dagAt = doc === "pipeline_spec" && s1 === "root" && s2 === "dag" && s3 === "tasks" ? 4 : doc === "pipeline_spec" && s1 === "components" && p[3] === "dag" && p[4] === "tasks" ? 5 : -1;
+    if (dagAt > 0 && p[dagAt] !== undefined) {
+      const task = p[dagAt]!;
+      const where = dagAt === 5 ? ` (in ${s2!.replace(/^comp-/, "")})` : "";
+      const rest = p.slice(dagAt + 1);
+      if (rest.length === 0) {
+        if (d.before === undefined || d.after === undefined) movedTasks.add(task);
+        add(d, "task", `task ${task} ${d.before === undefined ? "added" : d.after === undefined ? "removed" : arrow(d)}${where}`, task);
+      } else if (rest[0] === "cachingOptions") add(d, "caching", `task ${task} caching ${d.before ? "on" : "off"} → ${d.after ? "on" : "off"}`, task);
+      else if (rest[0] === "retryPolicy") add(d, "retry", `task ${task} retry ${rest.slice(1).join(".") || "policy"} ${arrow(d)}`, task);
+      else if (rest[0] === "triggerPolicy" && rest[1] === "condition") add(d, "control-flow", `task ${task} condition ${arrow(d)}`, task);
+      else if (rest[0] === "triggerPolicy" && rest[1] === "strategy") add(d, "control-flow", `task ${task} exit handler trigger ${arrow(d)}`, task);
+      else if (rest[0] === "parameterIterator" || rest[0] === "artifactIterator" || rest[0] === "iteratorPolicy") add(d, "control-flow", `task ${task} loop ${rest.join(".")} ${arrow(d)}`, task);
+      else if (rest[0] === "inputs" && rest[2] !== undefined) add(d, "input", `task ${task} input ${rest[2]} ${arrow(d)}`, task);
+      else add(d, "other", `task ${task} ${rest.join(".")} ${arrow(d)}`, task);
+      continue;
+    }
+    later.push(d);
+  }
+  for (const d of later) {
+    const p = d.path;
+    const executor = p[0] === "pipeline_spec" && p[1] === "deploymentSpec" && p[2] === "executors" ? p[3] : p[0] === "platform_spec" && p[1] === "platforms" && p[3] === "deploymentSpec" && p[4] === "executors" ? p[5] : undefined;
+    const tasks = executor ? (execTasks.get(executor) ?? []) : [];
+    const who = executor ? (tasks.length ? `task ${tasks.join(", ")}` : `executor ${executor}`) : "";
+    const whole = (executor && p.length === (p[0] === "pipeline_spec" ? 4 : 6)) || (p[1] === "components" && p.length === 3);
+    if (whole && (d.before === undefined || d.after === undefined)) {
+      // A component or executor that comes or goes with its tasks is said by "task … added/removed".
+      const compTasks = p[1] === "components" ? tasksOfComponent(before, after, p[2]!) : tasks;
+      if (compTasks.length > 0 && compTasks.every((t) => movedTasks.has(t))) continue;
+    }
+    if (executor && p[0] === "pipeline_spec") {
+      const field = p[5];
+      const task = tasks[0];
+      if (p[4] === "container" && field === "image") add(d, "image", `${who} image ${imageArrow(d.before, d.after)}`, task);
+      else if (p[4] === "container" && (field === "command" || field === "args" || field === "env")) add(d, field, `${who} ${field} ${arrow(d)}`, task);
+      else if (p[4] === "container" && field === "resources") {
+        const r = p.slice(6);
+        // kfp 2.17 writes each limit twice, as the old number (cpuLimit: 2.0) and the new text
+        // (resourceCpuLimit: "2"): the new one is said, the old one only where it stands alone.
+        const sides = [before, after].map((side) => valueAt(side, p.slice(0, r[0] === "accelerator" ? 7 : 6)) as Record<string, unknown> | undefined);
+        const newer = r[0] === "accelerator" ? { count: "resourceCount", type: "resourceType" }[r[1] ?? ""] : `resource${(r[0] ?? "").charAt(0).toUpperCase()}${(r[0] ?? "").slice(1)}`;
+        if (newer && r.length === (r[0] === "accelerator" ? 2 : 1) && sides.some((o) => o && typeof o === "object" && newer in o)) continue;
+        const label = r[0] === "accelerator" ? `accelerator ${r[1] === "count" || r[1] === "resourceCount" ? "count" : r[1] === "type" || r[1] === "resourceType" ? "type" : r.slice(1).join(".") || ""}`.trim() : (RESOURCE_NAMES[r[0] ?? ""] ?? (r.join(".") || "resources"));
+        add(d, "resources", `${who} ${label} ${arrow(d)}`, task);
+      } else add(d, "other", `${who} ${p.slice(4).join(".") || "executor"} ${arrow(d)}`, task);
+      continue;
+    }
+    if (p[0] === "platform_spec") {
+      const detail = executor ? p.slice(6).join(".") : p.slice(1).join(".");
+      add(d, "platform", `${executor ? `${who} ` : ""}${p[2] ?? "platform"} ${detail || "config"} ${arrow(d)}`.replace(/\s+/g, " "), tasks[0]);
+      continue;
+    }
+    add(d, "other", `${p.join(".")} ${arrow(d)}`);
+  }
+  return changes.map((c, i) => ({ c, i })).sort((x, y) => KIND_ORDER.indexOf(x.c.kind) - KIND_ORDER.indexOf(y.c.kind) || x.i - y.i).map(({ c }) => c);
+}
+
+function valueAt(doc: unknown, at: string[]): unknown {
+  return at.reduce<unknown>((v, k) => (v && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined), doc);
+}
+
+/** The tasks that use a component, on either side. */
+function tasksOfComponent(before: CanonicalSpec, after: CanonicalSpec, component: string): string[] {
+  const found: string[] = [];
+  for (const spec of [before, after]) {
+    const ps = spec.pipeline_spec ?? {};
+    const dags = [ps.root?.dag, ...Object.values<any>(ps.components ?? {}).map((c) => c?.dag)];
+    for (const dag of dags) for (const [task, t] of Object.entries<any>(dag?.tasks ?? {})) if (t?.componentRef?.name === component) found.push(task);
+  }
+  return found;
+}
+
+/** `vllm/vllm-openai:v0.5.4 → v0.6.1`: the repository said once when only the tag moved. */
+function imageArrow(before: unknown, after: unknown): string {
+  if (typeof before === "string" && typeof after === "string") {
+    const at = (s: string) => s.search(/[:@][^/:@]*$/);
+    const [i, j] = [at(before), at(after)];
+    if (i > 0 && j > 0 && before.slice(0, i) === after.slice(0, j)) return `${before} → ${after.slice(j + 1)}`;
+  }
+  return `${valueText(before)} → ${valueText(after)}`;
+}
+
+/** The first `max` change texts, then "and N more changes": for the places with little room. */
+export function changeLines(changes: Change[], max: number): string[] {
+  const lines = changes.slice(0, max).map((c) => c.text);
+  return changes.length > max ? [...lines, `and ${changes.length - max} more change${changes.length - max === 1 ? "" : "s"}`] : lines;
+}
+
+/** A new version's description: its changes, which fitDescription cuts further to the request line's limit. */
+export function changesDescription(changes: Change[]): string | undefined {
+  return changes.length > 0 ? ["Changes:", ...changeLines(changes, 40).map((line) => `- ${line}`)].join("\n") : undefined;
+}
+
+/** The changes a sync of `compiledYaml` makes to `name`, against the server's latest stored spec (none: a new pipeline). */
+export function changesOf(name: string, compiledYaml: string, latest: { pipeline_spec?: unknown } | undefined): Change[] {
+  try {
+    const docs = YAML.parseAllDocuments(compiledYaml).map((d) => d.toJS() as unknown);
+    const after = canonicalSpec(docs[0], docs[1]);
+    if (!latest) return newPipelineChanges(name, after);
+    if (!latest.pipeline_spec || typeof latest.pipeline_spec !== "object") {
+      return [{ kind: "unavailable", text: `${name}: changes not available: the server's latest version carries no readable spec` }];
+    }
+    return diffSpecs(name, canonicalServerSpec(latest.pipeline_spec), after);
+  } catch (error) {
+    return [{ kind: "unavailable", text: `${name}: changes not available: ${(error as Error).message.split("\n")[0]}` }];
+  }
 }
 
 /** `document_ingestion_pipeline.py` → `document-ingestion-pipeline`. */
@@ -1865,10 +2120,13 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
   };
 
   let plan = await planUpload(ctx, name, fingerprint);
+  const planned = plan;
+  // A pipeline without versions is as good as new: nothing to compare with.
+  const changes = plan.kind === "unchanged" ? [] : changesOf(name, spec.yaml, plan.kind === "version" ? plan.newest[0] : undefined);
   if (ctx.dryRun) {
-    if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), plan: "unchanged" };
+    if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), plan: "unchanged", changes };
     const pipelineId = plan.kind === "version" ? plan.pipeline.pipeline_id : undefined;
-    return { pipelineName: name, pipelineId, url: linkTo(ctx, pipelineId), plan: plan.kind === "create" ? "would create" : "would add version" };
+    return { pipelineName: name, pipelineId, url: linkTo(ctx, pipelineId), plan: plan.kind === "create" ? "would create" : "would add version", changes };
   }
 
   if (plan.kind === "create") {
@@ -1882,17 +2140,20 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
         return existing && { existing, ours: error.answerLost || sent > 1 };
       },
     );
-    if ("created" in result) return done("created", result.created, (await newestVersions(ctx, result.created).catch(() => []))[0]);
+    if ("created" in result) return { ...done("created", result.created, (await newestVersions(ctx, result.created).catch(() => []))[0]), changes };
     const newest = await newestVersions(ctx, result.existing);
     const same = newest.find((v) => sameSpec(v, fingerprint));
     if (same) return done(result.ours ? "created" : "unchanged", result.existing, same);
     plan = { kind: "version", pipeline: result.existing, newest };
   }
-  if (plan.kind === "unchanged") return done("unchanged", plan.pipeline, plan.version);
+  if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), changes: [] };
 
   const pipeline = plan.pipeline;
+  // Raced into "version" by a create that lost (409): the diff is against what the other sync made.
+  const versionChanges = plan === planned ? changes : changesOf(name, spec.yaml, plan.newest[0]);
   await outlastNewest(ctx, plan.newest);
-  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description: fitDescription(undefined, description, ctx.warn), tags: tagsOf(ctx) };
+  // The KFP UI shows a version's description: it says why the version exists (issue 17).
+  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description: fitDescription(changesDescription(versionChanges), description, ctx.warn), tags: tagsOf(ctx) };
   const what = `add version ${ctx.versionTag} to ${name}`;
   const result = await writeChecked(
     async () => ({ version: mustCarry(what, await write<KfpPipelineVersion>(what, "/pipelines/upload_version", query), "pipeline_version_id", "a created version", false) }),
@@ -1906,8 +2167,8 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
       return undefined;
     },
   );
-  if ("version" in result) return done("versioned", pipeline, result.version);
-  return done(result.ours ? "versioned" : "unchanged", pipeline, result.settled);
+  if ("version" in result) return { ...done("versioned", pipeline, result.version), changes: versionChanges };
+  return { ...done(result.ours ? "versioned" : "unchanged", pipeline, result.settled), changes: result.ours ? versionChanges : [] };
 }
 
 /**
@@ -2149,10 +2410,10 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   if (summary.runUrl) actions.push({ action: "view", label: "CI run", url: summary.runUrl });
   if (uiUrl) actions.push({ action: "view", label: "Kubeflow", url: `${uiUrl}/#/pipelines` });
   const bad = c.failed > 0 || summary.interrupted !== undefined;
-  const noteWith = (failedList?: string): Notification => ({
+  const noteWith = (failedList?: string, changed: string[] = []): Notification => ({
     topic,
     title,
-    message: [...head, ...(failedList === undefined ? [] : [`failed: ${failedList}`]), ...tail].join("\n"),
+    message: [...head, ...(failedList === undefined ? [] : [`failed: ${failedList}`]), ...changed, ...tail].join("\n"),
     priority: bad ? 4 : 3,
     tags: bad ? ["warning", "kubeflow"] : ["white_check_mark", "kubeflow"],
     click: summary.runUrl,
@@ -2162,7 +2423,19 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   // take two to six bytes each in the JSON body.
   const within = (note: Notification) =>
     Buffer.byteLength(note.message) <= NTFY_MAX_MESSAGE_BYTES && Buffer.byteLength(JSON.stringify(note)) <= NTFY_MAX_BODY_BYTES;
-  const note = noteWith(failedNames.length > 0 ? fitList(failedNames, (list) => within(noteWith(list))) : undefined);
+  const failedList = failedNames.length > 0 ? fitList(failedNames, (list) => within(noteWith(list))) : undefined;
+  // The first changes of each new version (issue 17), as many as the size budget leaves room for.
+  const changes = summary.pipelines.filter((p) => p.action === "created" || p.action === "versioned" || p.plan === "would create" || p.plan === "would add version").flatMap((p) => changeLines(p.changes ?? [], 3).map(shown));
+  const changed: string[] = [];
+  for (const [i, line] of changes.entries()) {
+    const more = changes.length - i;
+    if (!within(noteWith(failedList, [...changed, line, `and ${more} more`]))) {
+      changed.push(`and ${more} more`);
+      break;
+    }
+    changed.push(line);
+  }
+  const note = noteWith(failedList, changed);
   if (within(note)) return note;
   // Only links of absurd length (--run-url, KFP_UI_URL) get here: keep the title and the counts.
   const counts = [...head, ...(failedNames.length > 0 ? [`failed: ${failedNames.length} pipeline${failedNames.length === 1 ? "" : "s"}`] : [])].join("\n");
@@ -2215,6 +2488,94 @@ export async function publish(
       const what = stop.aborted ? "the run was interrupted" : status ? `HTTP ${status}` : ((fe.cause as Error)?.message ?? fe.message);
       throw new Error(`notification not sent: ${what}${detail ? ` — ${detail}` : ""}${hint && !stop.aborted ? ` (${hint})` : ""}`, { cause: error });
     }
+  }
+}
+
+// ─── 4b. Comment on the pull request (issue 17) ──────────────────────────────────────────────────
+
+// The plan as one comment on the pull request, found again by a hidden marker and edited in place
+// on every push. Gitea's API (1.26.0, 1.27.3 measured) and GitHub's agree on these three routes;
+// Gitea's listing of a pull request's comments ignores page/limit and returns them all.
+export const PLAN_MARKER = "<!-- kfp-sync plan -->";
+// GitHub refuses comments over 65,536 characters; Gitea has no lower limit.
+const MAX_COMMENT_CHARS = 60_000;
+const MAX_COMMENTS_ANSWER_BYTES = 16 << 20;
+
+export interface PullRequest {
+  api: string;
+  repo: string;
+  index: number;
+  token: string;
+  /** From a fork: the job gets no secrets, so the plan is compile-only. */
+  fork: boolean;
+}
+
+/** Which pull request this run is for, from the runner's environment; a string says why there is none. */
+export function pullRequestOf(env: Env): PullRequest | string {
+  let event: { number?: number; pull_request?: { number?: number; head?: { repo?: { full_name?: string } }; base?: { repo?: { full_name?: string } } } } = {};
+  try {
+    if (env.GITHUB_EVENT_PATH) event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, "utf8"));
+  } catch {
+    // No readable event: the ref below still names the pull request.
+  }
+  const index = event.pull_request?.number ?? event.number ?? Number(/^refs\/pull\/(\d+)\//.exec(env.GITHUB_REF ?? "")?.[1]);
+  if (!Number.isInteger(index) || index <= 0) return "this run is not for a pull request (no pull_request event)";
+  const repo = env.GITHUB_REPOSITORY;
+  const server = env.GITHUB_SERVER_URL?.replace(/\/+$/, "");
+  const api = env.GITHUB_API_URL?.replace(/\/+$/, "") || (server ? `${server}/api/v1` : undefined);
+  if (!repo || !api) return "GITHUB_REPOSITORY and GITHUB_API_URL/GITHUB_SERVER_URL are not set";
+  const token = env.GITEA_TOKEN || env.GITHUB_TOKEN;
+  if (!token) return "no GITEA_TOKEN or GITHUB_TOKEN: give the step the job's token";
+  const head = event.pull_request?.head?.repo?.full_name;
+  const base = event.pull_request?.base?.repo?.full_name;
+  return { api, repo, index, token, fork: !!head && !!base && head !== base };
+}
+
+/** The comment: the step summary's plan, compile errors by file:line, and what it could not read. */
+export function planComment(summary: Summary, fork: boolean): string {
+  const compileErrors = summary.pipelines
+    .filter((p) => p.status === "failed" && p.error)
+    .map((p) => `- \`${shown(p.error!.file ?? p.file)}${p.error!.line ? `:${p.error!.line}` : ""}\`: ${cell(shown(p.error!.message))}`);
+  const scope = summary.server
+    ? `Compared with ${summary.server.host}${summary.server.version ? ` (KFP ${summary.server.version})` : ""}; nothing was written.`
+    : `**Compile-only plan**: no KFP server was read${fork ? " (a pull request from a fork gets no secrets)" : " (no KFP_HOST)"}; what would change on the server is not known.`;
+  const body = [PLAN_MARKER, stepSummary(summary).replace(/^### kfp-sync (\(dry run\) )?/, "### kfp-sync plan "), scope, "", ...(compileErrors.length ? ["**Compile errors**", "", ...compileErrors, ""] : [])].join("\n");
+  return body.length > MAX_COMMENT_CHARS ? `${body.slice(0, MAX_COMMENT_CHARS)}\n\n… cut by kfp-sync: the plan is longer than a comment may be; the run's log has all of it\n` : body;
+}
+
+interface IssueComment { id: number; body?: string }
+
+/** The forge's three comment routes, with the job's token; answers capped, nothing retried. */
+export function commentClient(pr: PullRequest, timeoutMs: number) {
+  const api = ofetch.create({ baseURL: pr.api, headers: { Authorization: `token ${pr.token}`, Accept: "application/json" }, retry: 0, timeout: timeoutMs }, { fetch: cappedFetch(MAX_COMMENTS_ANSWER_BYTES) });
+  const repo = pr.repo.split("/").map(encodeURIComponent).join("/");
+  return {
+    list: () => api<IssueComment[]>(`/repos/${repo}/issues/${pr.index}/comments`, { query: { per_page: 100 } }),
+    create: (body: string) => api<IssueComment>(`/repos/${repo}/issues/${pr.index}/comments`, { method: "POST", body: { body } }),
+    edit: (id: number, body: string) => api<IssueComment>(`/repos/${repo}/issues/comments/${id}`, { method: "PATCH", body: { body } }),
+  };
+}
+
+/** Post or edit the one plan comment. Never fails the run: a comment that cannot be posted is a warning. */
+async function commentStage(summary: Summary, cfg: Config, env: Env, log: Log): Promise<void> {
+  const pr = pullRequestOf(env);
+  if (typeof pr === "string") {
+    log.warn(`--pr-comment: no comment posted: ${pr}`);
+    return;
+  }
+  const client = commentClient(pr, cfg.httpTimeoutMs);
+  const body = scrub(planComment(scrubbed(summary, cfg.secrets), pr.fork), cfg.secrets);
+  try {
+    const comments = await client.list();
+    const ours = Array.isArray(comments) ? comments.find((c) => typeof c?.body === "string" && c.body.startsWith(PLAN_MARKER)) : undefined;
+    if (ours) await client.edit(ours.id, body);
+    else await client.create(body);
+    log.success(`${ours ? "edited the plan comment" : "commented the plan"} on pull request #${pr.index}`);
+  } catch (error) {
+    const status = (error as { status?: number }).status;
+    const why = answerProblem(error) ?? (error as Error).message;
+    const hint = status === 401 || status === 403 || status === 404 ? ": the job's token may not write to the pull request (a fork?)" : "";
+    log.warn(`the plan could not be posted on pull request #${pr.index}${status ? ` (HTTP ${status})` : ""}: ${why}${hint} — the check is unaffected`);
   }
 }
 
@@ -2293,7 +2654,20 @@ export function stepSummary(summary: Summary): string {
     "|---|---|---|---|---|",
     ...rows,
     "",
+    ...changeSections(summary),
   ].join("\n");
+}
+
+/** One section per pipeline that changes (issue 17), from the records the JSON carries. */
+export function changeSections(summary: Summary, max = 100): string[] {
+  return summary.pipelines
+    .filter((p) => (p.changes ?? []).length > 0)
+    .flatMap((p) => [`#### ${cell(shown(p.name ?? pipelineLabel(p)))}`, "", ...changeLines(p.changes!, max).map((line) => `- ${markdownText(shown(line))}`), ""]);
+}
+
+/** Text in Markdown as written: a code span, so a name or value makes no emphasis, link or HTML. */
+function markdownText(text: string): string {
+  return `\`${text.replaceAll("`", "'")}\``;
 }
 
 /** `::error file=…,line=…::` — GitHub renders these; Gitea and Forgejo print them raw. */
@@ -2370,6 +2744,7 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
   const summary = summarize(cfg, compiled.kfp, server, reports, state, found.notes);
   summary.problems.push(...compiled.unkept);
   await notifyStage(summary, cfg, env, log, state);
+  if (cfg.prComment) await commentStage(summary, cfg, env, log);
   summary.interrupted = state.signal; // a signal during notify counts too
   summary.durationMs = Math.round(performance.now() - started);
   return summary;
@@ -2487,11 +2862,12 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
   }
   const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
     const report = reports.get(reportKey(spec.file))!;
-    const { pipelineName: name, action, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
-    Object.assign(report, { name, action, plan, pipelineId, versionId, versionName, url, error });
+    const { pipelineName: name, action, plan, pipelineId, versionId, versionName, url, problem: error, changes } = outcome;
+    Object.assign(report, { name, action, plan, pipelineId, versionId, versionName, url, changes, error });
     report.timings.uploadMs = Math.round(ms);
     if (error) log.error(`${shown(name)}: ${error.message}`);
     else log.success(`${shown(name)}: ${plan ?? action}${versionName ? ` (${versionName})` : ""}`);
+    for (const change of error ? [] : (changes ?? [])) log.log(`  ${shown(change.text)}`);
   };
   await uploadAll(ctx, named.filter((n) => !clashing.includes(n)), 4, record, () => state.stopped);
   // A read answered by a login page or a web page: a setup mistake found before writing (exit 2).
