@@ -2580,7 +2580,21 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
     }
     const base = { pipeline: entry.pipeline, name: entry.name, where: entry.where, experimentId: plan.experiment?.experiment_id };
     if (plan.kind === "unchanged") {
-      outcomes.push({ ...base, action: "unchanged", ...(ctx.dryRun ? { plan: "unchanged" as const } : {}), recurringRunId: plan.run.recurring_run_id });
+      const unchanged: ScheduleOutcome = { ...base, action: "unchanged", ...(ctx.dryRun ? { plan: "unchanged" as const } : {}), recurringRunId: plan.run.recurring_run_id };
+      // Its experiment was archived since: the declared state includes an experiment in use.
+      if (plan.experiment?.storage_state === "ARCHIVED") {
+        if (ctx.dryRun) unchanged.message = `experiment ${entry.experiment} is archived: would unarchive it`;
+        else {
+          try {
+            experiments.set(entry.experiment, Promise.resolve({ ...(await ensureExperiment(ctx, entry.experiment, plan.experiment)), storage_state: "AVAILABLE" }));
+            unchanged.message = `experiment ${entry.experiment} unarchived`;
+          } catch (error) {
+            outcomes.push(fail(entry, messageOf(error), base));
+            continue;
+          }
+        }
+      }
+      outcomes.push(unchanged);
       continue;
     }
     if (ctx.dryRun) {
@@ -2601,6 +2615,10 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
       outcomes.push(fail(entry, messageOf(error), base));
     }
   }
+
+  // In the file's order, as the user wrote them; orphans after.
+  const lineOf = (o: ScheduleOutcome) => Number(o.where?.split(":").at(-1) ?? 0);
+  outcomes.sort((a, b) => lineOf(a) - lineOf(b));
 
   // Owned, and no longer declared (or a leftover): reported; deleted only with --prune-schedules.
   const declared = new Set([...file.entries, ...file.refused].map((e) => scheduleKey(e.pipeline, e.name)));
@@ -2751,7 +2769,9 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   const title = summary.interrupted
     ? `${what}kfp-sync interrupted (${summary.interrupted})`
     : c.failed === 0
-      ? `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
+      ? summary.schedules?.some((o) => o.action === "failed")
+        ? `${what}kfp-sync: ${summary.schedules.filter((o) => o.action === "failed").length} schedule(s) failed`
+        : `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
       : c.failed === c.found
         ? `${what}kfp-sync failed: all ${c.failed} pipelines`
         : `${what}kfp-sync: ${c.failed} of ${c.found} pipelines failed`;
