@@ -105,8 +105,8 @@ describe("schedules", () => {
         ["nightly", "created", "kfp-sync.yaml:2"],
         ["hourly", "created", "kfp-sync.yaml:8"],
       ]);
-      const pipelineId = s1.pipelines[0].pipelineId;
-      const versionId = s1.pipelines[0].versionId;
+      const pipelineId = s1.pipelines[0]!.pipelineId;
+      const versionId = s1.pipelines[0]!.versionId;
       const ours = async () => (await recurringRuns(target)).filter((r) => r.pipeline_version_reference.pipeline_id === pipelineId);
       let runs = await ours();
       expect(runs.length).toBe(2);
@@ -146,11 +146,11 @@ describe("schedules", () => {
       const fourth = await sync(dir, target);
       expect(fourth.code).toBe(0);
       const s4 = fourth.json();
-      expect(s4.pipelines[0].action).toBe("versioned");
+      expect(s4.pipelines[0]!.action).toBe("versioned");
       expect(s4.schedules.map((o: any) => [o.name, o.action])).toEqual([["nightly", "unchanged"], ["hourly", "replaced"]]);
       runs = await ours();
       expect(runs.length).toBe(2);
-      expect(runs.find((r) => r.display_name === "hourly")!.pipeline_version_reference.pipeline_version_id).toBe(s4.pipelines[0].versionId);
+      expect(runs.find((r) => r.display_name === "hourly")!.pipeline_version_reference.pipeline_version_id).toBe(s4.pipelines[0]!.versionId);
       expect(runs.find((r) => r.display_name === "nightly")!.recurring_run_id).toBe(newNightly.recurring_run_id);
       if (!target.remote) expect((await recurringRuns(target)).length).toBe(before.length + 2);
     } finally {
@@ -215,7 +215,7 @@ describe("schedules: checked before any write", () => {
     const r = await sync(dir, server);
     expect(r.code).toBe(1);
     const s = r.json();
-    expect(s.pipelines[0].action).toBe("created");
+    expect(s.pipelines[0]!.action).toBe("created");
     const by = Object.fromEntries(s.schedules.map((o: any) => [o.name, o]));
     const failed = (name: string, line: number, text: string | RegExp) => {
       expect(by[name].action, name).toBe("failed");
@@ -311,7 +311,7 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
     const dir = project("sched-safe", one("0 0 2 * * *", `  - pipeline: sched-safe\n    name: weekly\n    cron: "0 0 3 * * 0"\n    parameters: {text: w}\n`));
     const first = await sync(dir, server);
     expect(first.code).toBe(0);
-    const pipelineId = first.json().pipelines[0].pipelineId;
+    const pipelineId = first.json().pipelines[0]!.pipelineId;
     // Someone's own recurring run, clicked together in the UI, same display name.
     const foreign = await api(server, "POST", "/recurringruns", { display_name: "weekly", pipeline_version_reference: { pipeline_id: pipelineId }, max_concurrency: "1", mode: "ENABLE", trigger: { cron_schedule: { cron: "0 0 5 * * *" } } });
 
