@@ -2531,8 +2531,10 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
     const pipeline = pipelines.get(entry.pipeline);
     if (!pipeline) {
       const known = [...pipelines.keys()].join(", ") || "none";
-      const maybe = uncompiled.length > 0 ? `; or it is in a file that failed in this run (${uncompiled.join(", ")}), then it is left as it is` : "";
-      outcomes.push(fail(entry, `no pipeline named ${entry.pipeline} in this run (pipelines: ${known})${maybe}`));
+      // A file that failed to compile has no name yet: its schedules may be the ones asked for.
+      if (uncompiled.length > 0) {
+        outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, action: "skipped", message: `left as it is: no pipeline named ${entry.pipeline} compiled in this run (pipelines: ${known}); ${uncompiled.join(", ")} failed to compile and may hold it — if not, check the name` });
+      } else outcomes.push(fail(entry, `no pipeline named ${entry.pipeline} in this run (pipelines: ${known})`));
       continue;
     }
     const problem = parameterProblem(entry, pipelineInputs(pipeline.specYaml));
