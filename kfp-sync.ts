@@ -2922,8 +2922,7 @@ export function actionsOutputs(summary: Summary): string {
     // A run that created no version must not name one: a later job would look for it in KFP.
     outputEntry("version", summary.counts.uploaded > 0 ? summary.versionTag : ""),
     outputEntry("failed_pipelines", failed.join("\n")),
-    outputEntry("schedules", summary.schedules ? scheduleLine(summary.schedules) : ""),
-    outputEntry("failed_schedules", (summary.schedules ?? []).filter((o) => o.action === "failed").map(scheduleLabel).join("\n")),
+    ...(summary.schedules ? [outputEntry("schedules", scheduleLine(summary.schedules)), outputEntry("failed_schedules", summary.schedules.filter((o) => o.action === "failed").map(scheduleLabel).join("\n"))] : []),
     outputEntry("summary_json", summaryJson(summary)),
   ].join("");
 }
