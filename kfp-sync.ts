@@ -2940,7 +2940,7 @@ export function stepSummary(summary: Summary): string {
     return `| ${cell(shown(p.name ?? ""))} | \`${cell(shown(p.file))}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
   });
   return [
-    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
+    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 && !summary.schedules?.some((o) => o.action === "failed") ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
     "",
     `Version tag \`${summary.versionTag}\`${summary.commit ? ` · commit \`${summary.commit.slice(0, 8)}\`` : ""}${summary.server?.host ? ` · server ${summary.server.host}${summary.server.version ? ` (${summary.server.version})` : ""}` : ""}`,
     "",

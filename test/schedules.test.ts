@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { run, scratch } from "./helpers";
 import { startFaultProxy } from "./fault-proxy";
 import { startKfpServer, type KfpServer, type RecordedRequest } from "./kfp-server";
+import { startNtfyServer } from "./ntfy-server";
 import { imitationOnly, kfpTarget, type KfpTarget } from "./kfp-target";
 
 // `text` has no default: a schedule must give it.
@@ -239,6 +240,41 @@ describe("schedules: checked before any write", () => {
     expect(scheduleWrites(server.requests).filter((q) => q.path.endsWith("/recurringruns")).length).toBe(1);
     expect(s.problems.filter((p: any) => p.stage === "schedule").length).toBe(10);
     expect(r.stderr).toContain("schedules: created 1 · replaced 0 · unchanged 0 · orphaned 0 · failed 10");
+  });
+
+  test.skipIf(imitationOnly("reported everywhere", "needs a fresh server"))("--config/KFP_SYNC_CONFIG; reported in the step summary, the outputs, the notification and the last log line", async () => {
+    server.reset();
+    const ntfy = await startNtfyServer();
+    try {
+      const dir = scratch({ "demo_pipeline.py": pipelineSource("sched-out"), "ops/schedules.yaml": `schedules:\n  - pipeline: sched-out\n    name: nightly\n    cron: "0 0 2 * * *"\n    parameters: {text: a}\n  - pipeline: sched-out\n    name: broken\n    cron: "0 2 * * *"\n    parameters: {text: a}\n` });
+      const missing = await sync(dir, server, ["--config", "ops/nope.yaml"]);
+      expect(missing.code).toBe(2);
+      expect(missing.stderr).toContain("--config/KFP_SYNC_CONFIG ops/nope.yaml: no such file");
+      // Without the file, no schedules stage: no schedules field, no request for it.
+      const none = await sync(dir, server);
+      expect(none.json().schedules).toBeUndefined();
+      expect(server.requests.filter((q) => /recurringruns|experiments/.test(q.path))).toEqual([]);
+
+      const outputs = path.join(dir, "out.txt");
+      const stepSummary = path.join(dir, "summary.md");
+      const r = await sync(dir, server, [], { KFP_SYNC_CONFIG: "ops/schedules.yaml", GITHUB_OUTPUT: outputs, GITHUB_STEP_SUMMARY: stepSummary, NTFY_URL: `${ntfy.url}/ci` });
+      expect(r.code).toBe(1);
+      expect(r.json().schedules.map((o: any) => [o.where, o.action])).toEqual([["ops/schedules.yaml:2", "created"], ["ops/schedules.yaml:6", "failed"]]);
+      const out = fs.readFileSync(outputs, "utf8");
+      expect(out).toContain("schedules=created 1 · replaced 0 · unchanged 0 · orphaned 0 · failed 1\n");
+      expect(out).toContain("failed_schedules=sched-out/broken\n");
+      const md = fs.readFileSync(stepSummary, "utf8");
+      expect(md).toStartWith("### kfp-sync — ❌ 1/1 compiled");
+      expect(md).toContain("#### Schedules — created 1 · replaced 0 · unchanged 0 · orphaned 0 · failed 1");
+      expect(md).toMatch(/\| sched-out\/broken \| ops\/schedules.yaml:6 \| ❌ failed \|  \| ops\/schedules.yaml:6: cron "0 2 \* \* \*" has 5 fields/);
+      expect(ntfy.published.length).toBe(1);
+      expect(ntfy.published[0]!.message).toContain("\nschedules: created 1 · replaced 0 · unchanged 0 · orphaned 0 · failed 1\n");
+      expect(ntfy.published[0]!.title).toBe("kfp-sync: 1 schedule(s) failed");
+      expect(ntfy.published[0]!.priority).toBe(4);
+      expect(r.stderr).toMatch(/✖ 1\/1 compiled · 0 uploaded · 1 unchanged · 0 failed · schedules: created 1 · replaced 0 · unchanged 0 · orphaned 0 · failed 1 · /);
+    } finally {
+      await ntfy.stop();
+    }
   });
 
   test.skipIf(imitationOnly("a failed pipeline", "needs a fresh server"))("a schedule of a pipeline that failed to upload is left as it is and reported", async () => {
