@@ -2898,6 +2898,9 @@ export function scheduleLine(schedules: ScheduleOutcome[]): string {
     ? [`would create ${n((o) => o.plan === "would create")}`, `would replace ${n((o) => o.plan === "would replace")}`, `unchanged ${n((o) => o.plan === "unchanged")}`, `orphaned ${n((o) => o.plan === "orphaned")}`, ...(n((o) => o.plan === "would delete") ? [`would delete ${n((o) => o.plan === "would delete")}`] : [])]
     : [`created ${n((o) => o.action === "created")}`, `replaced ${n((o) => o.action === "replaced")}`, `unchanged ${n((o) => o.action === "unchanged")}`, `orphaned ${n((o) => o.action === "orphaned")}`, ...(n((o) => o.action === "deleted") ? [`deleted ${n((o) => o.action === "deleted")}`] : [])];
   const skipped = n((o) => o.action === "skipped");
+  // Without a host, entries are only checked against the compiled pipelines.
+  const checked = n((o) => o.action === undefined && o.plan === undefined);
+  if (checked > 0 && !dry && schedules.every((o) => o.action === undefined || o.action === "failed")) return `checked ${checked} · failed ${n((o) => o.action === "failed")}`;
   return [...parts, ...(skipped ? [`skipped ${skipped}`] : []), `failed ${n((o) => o.action === "failed")}`].join(" · ");
 }
 

@@ -70,16 +70,17 @@ function project(pipeline: string, yaml: string): string {
 const sync = (dir: string, target: { url: string; token?: string; namespace?: string }, args: string[] = [], env: Record<string, string> = {}) =>
   run(["--host", target.url, "--out-dir", path.join(dir, ".out"), ...args], { cwd: dir, env: { ...(target.token ? { KFP_TOKEN: target.token } : {}), ...(target.namespace ? { KFP_NAMESPACE: target.namespace } : {}), ...env } });
 
+// The experiment is named after the pipeline: on KFP_TEST_HOST no experiment of the cluster's users is used.
 const TWO = (pipeline: string, nightlyRatio = 0.9) => `schedules:
   - pipeline: ${pipeline}
     name: nightly
-    experiment: evaluation
+    experiment: ${pipeline}
     cron: "0 0 2 * * *"
     parameters: {text: hi, ratio: ${nightlyRatio}}
     max_concurrency: 2
   - pipeline: ${pipeline}
     name: hourly
-    experiment: evaluation
+    experiment: ${pipeline}
     every: 1h
     version: pinned
     parameters: {text: x}
@@ -118,7 +119,7 @@ describe("schedules", () => {
       expect(nightly.pipeline_version_reference.pipeline_version_id).toBeUndefined();
       expect(hourly.pipeline_version_reference.pipeline_version_id).toBe(versionId);
       expect(hourly.trigger.periodic_schedule.interval_second).toBe("3600");
-      const experiments = await api(target, "GET", `/experiments?${new URLSearchParams({ filter: JSON.stringify({ predicates: [{ key: "display_name", operation: "EQUALS", string_value: "evaluation" }] }), ...(target.namespace ? { namespace: target.namespace } : {}) })}`);
+      const experiments = await api(target, "GET", `/experiments?${new URLSearchParams({ filter: JSON.stringify({ predicates: [{ key: "display_name", operation: "EQUALS", string_value: pipeline }] }), ...(target.namespace ? { namespace: target.namespace } : {}) })}`);
       expect(experiments.experiments.map((e: any) => e.experiment_id)).toContain(nightly.experiment_id);
 
       // Same file, same pipeline: unchanged, and not one write to experiments or recurring runs.
@@ -234,6 +235,10 @@ describe("schedules: checked before any write", () => {
     failed("neither", 25, "give cron: or every:");
     failed("too-many", 28, "max_concurrency: must be a whole number from 1 to 10");
     failed("bad-hour", 41, 'hour "24" is not a value');
+    // Without a host the same checks run; the good entries are only "checked".
+    const offline = await run(["--dry-run", "--out-dir", path.join(dir, ".out")], { cwd: dir });
+    expect(offline.json().schedules.filter((o: any) => o.action === "failed").length).toBe(10);
+    expect(offline.stderr).toContain("schedules: checked 1 · failed 10");
     // The second "good" is the duplicate; the first is created.
     expect(s.schedules.filter((o: any) => o.name === "good").map((o: any) => [o.where, o.action])).toEqual([["kfp-sync.yaml:33", "created"], ["kfp-sync.yaml:37", "failed"]]);
     expect(s.schedules.find((o: any) => o.where === "kfp-sync.yaml:37").error.message).toContain("the first is at kfp-sync.yaml:33");
