@@ -341,7 +341,21 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
       runs = await recurringRuns(server);
       expect(runs.length).toBe(1);
       expect(runs[0]).toMatchObject({ status: "ENABLED", trigger: { cron_schedule: { cron: "0 0 4 * * *" } } });
-      expect(proxy.injected.length).toBe(3);
+
+      // Only the last step, deleting the old one, fails: the new one stays in place (enabled), the old
+      // one is left disabled, said so, and reported as orphaned by the next sync.
+      const replacedBy = runs[0]!.recurring_run_id;
+      fs.writeFileSync(path.join(dir, "kfp-sync.yaml"), one("0 0 5 * * *"));
+      proxy.add({ method: "DELETE", path: /\/recurringruns\//, times: 1, fault: { kind: "status", status: 500, body: '{"code":13,"message":"boom"}' } });
+      const r4 = await sync(dir, proxy);
+      expect(r4.code).toBe(1);
+      const o4 = r4.json().schedules[0];
+      expect(o4).toMatchObject({ action: "failed", state: { old: `disabled, not deleted (${replacedBy})`, new: "enabled" } });
+      runs = await recurringRuns(server);
+      expect(runs.map((x) => [x.recurring_run_id === replacedBy, x.status]).sort()).toEqual([[false, "ENABLED"], [true, "DISABLED"]]);
+      const r5 = await sync(dir, proxy);
+      expect(r5.json().schedules.map((x: any) => [x.recurringRunId, x.action])).toEqual([[o4.recurringRunId, "unchanged"], [replacedBy, "orphaned"]]);
+      expect(proxy.injected.length).toBe(4);
     } finally {
       await proxy.stop();
     }
