@@ -3,7 +3,7 @@
  * kfp-sync — find, compile and upload Kubeflow Pipelines in one step.
  *
  * The file reads top-down like the job it does:
- *   types and config → discover → compile → upload → notify → report → main.
+ *   types and config → discover → compile → upload → schedules → notify → report → main.
  * Each stage is a function from data to data; processes, HTTP and the clock sit at the edges.
  */
 import { dlopen, FFIType } from "bun:ffi";
