@@ -3,7 +3,7 @@
  * kfp-sync — find, compile and upload Kubeflow Pipelines in one step.
  *
  * The file reads top-down like the job it does:
- *   types and config → discover → compile → upload → notify → report → main.
+ *   types and config → discover → compile → upload → schedules → notify → report → main.
  * Each stage is a function from data to data; processes, HTTP and the clock sit at the edges.
  */
 import { dlopen, FFIType } from "bun:ffi";
@@ -50,7 +50,7 @@ const MAX_SMALL_ANSWER_BYTES = 1 << 20; // ntfy's publish answer and Gitea's ver
 
 /** A problem the user has to act on: what happened, where, and what to do. */
 export interface Problem {
-  stage: "discover" | "compile" | "upload" | "notify";
+  stage: "discover" | "compile" | "upload" | "schedule" | "notify";
   message: string;
   file?: string;
   line?: number;
@@ -154,6 +154,8 @@ export interface Summary {
   problems: Problem[];
   /** What discovery skipped on purpose (a second link to one file, a folder link pointing up): not failures. */
   notes?: Problem[];
+  /** The schedules of kfp-sync.yaml and the owned recurring runs no longer in it; absent without the file. */
+  schedules?: ScheduleOutcome[];
   interrupted?: "SIGINT" | "SIGTERM";
   durationMs: number;
 }
@@ -189,6 +191,8 @@ export const args = {
   "ntfy-required": { type: "boolean", description: "A failed notification fails the run (env NTFY_REQUIRED)" },
   "run-url": { type: "string", description: "Link to the CI run (env KFP_SYNC_RUN_URL) [built from GITHUB_* variables]" },
   "pr-comment": { type: "boolean", description: "On a pull_request run, post the plan as one comment on the pull request, edited on every push; needs GITEA_TOKEN or GITHUB_TOKEN (env KFP_SYNC_PR_COMMENT)" },
+  config: { type: "string", description: `Schedules file: recurring runs and experiments to keep on the server (env KFP_SYNC_CONFIG) [${"kfp-sync.yaml"} when present]` },
+  "prune-schedules": { type: "boolean", description: "Delete recurring runs kfp-sync made whose schedule left the file; without it they are only reported (env KFP_SYNC_PRUNE_SCHEDULES)" },
   verbose: { type: "boolean", description: "Show full errors and each HTTP request, never its headers (env KFP_SYNC_VERBOSE)" },
   version: { type: "boolean", description: "Print the version and exit" },
   help: { type: "boolean", alias: "h", description: "Show this help" },
@@ -233,6 +237,9 @@ export interface Config {
   /** Post the plan on the pull request (issue 17). */
   prComment: boolean;
   verbose: boolean;
+  /** kfp-sync.yaml or --config/KFP_SYNC_CONFIG; undefined when there is none (no schedules stage). */
+  scheduleFile?: string;
+  pruneSchedules: boolean;
   /** Values that must never be printed. */
   secrets: string[];
 }
@@ -450,6 +457,10 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   }
   if (namespace && shared) throw new UsageError("--shared/KFP_SHARED and --namespace/KFP_NAMESPACE exclude each other: a pipeline is either shared or in one namespace");
 
+  const configValue = flag("config") ?? env.KFP_SYNC_CONFIG;
+  const scheduleFile = path.resolve(cwd, configValue ?? "kfp-sync.yaml");
+  if (configValue && !fs.existsSync(scheduleFile)) throw new UsageError(`--config/KFP_SYNC_CONFIG ${configValue}: no such file`);
+
   const outDir = path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync");
   if (fs.existsSync(outDir) && !fs.statSync(outDir).isDirectory()) throw new UsageError(`--out-dir ${outDir} is a file, not a folder`);
 
@@ -481,6 +492,8 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     commit: gitCommit(env, cwd),
     prComment: bool("pr-comment", "KFP_SYNC_PR_COMMENT"),
     verbose: bool("verbose", "KFP_SYNC_VERBOSE"),
+    scheduleFile: fs.existsSync(scheduleFile) ? scheduleFile : undefined,
+    pruneSchedules: bool("prune-schedules", "KFP_SYNC_PRUNE_SCHEDULES"),
     secrets,
   };
 }
@@ -1525,6 +1538,8 @@ function retryable(error: KfpError): boolean {
 export interface KfpApi {
   read<T>(what: string, route: string, query?: Record<string, string | undefined>): Promise<T>;
   write<T>(what: string, route: string, query: Record<string, string | undefined>, file: { name: string; text: string }): Promise<T>;
+  /** A JSON call that changes something (experiments, recurring runs): sent once, never retried here (see writeChecked). */
+  send<T>(what: string, method: "POST" | "DELETE", route: string, body?: Record<string, unknown>): Promise<T>;
   /** The server's clock as far as its Date headers tell, never ahead of it (they have whole seconds). */
   serverNow(): number;
 }
@@ -1552,7 +1567,7 @@ export function kfpClient(
   // page's 200 must not pass for the API's answer.
   // Without a Date header yet, assume the server's clock may be a second ahead of ours.
   let clockOffset = -1000;
-  const call = async (what: string, route: string, query: Record<string, string | undefined> | undefined, init: { method?: "POST"; body?: FormData; timeoutMs: number }): Promise<unknown> => {
+  const call = async (what: string, route: string, query: Record<string, string | undefined> | undefined, init: { method?: "POST" | "DELETE"; body?: FormData | Record<string, unknown>; timeoutMs: number }): Promise<unknown> => {
     const response = await $kfp.raw(`${route}${queryString(query)}`, { method: init.method, body: init.body, redirect: "manual", signal: AbortSignal.any([stop, AbortSignal.timeout(init.timeoutMs)]) });
     const data: unknown = response._data;
     const date = Date.parse(response.headers.get("date") ?? "");
@@ -1593,6 +1608,17 @@ export function kfpClient(
         if (stop.aborted) throw new KfpError(`${what}: interrupted while sending; the next sync will see whether it arrived`);
         const failure = toKfpError(error, what, host, cfg.httpTimeoutMs * 4);
         // A gateway's 502/504 may come after ml-pipeline acted: as unknown as a lost answer.
+        if (failure.status === 502 || failure.status === 504) throw new KfpError(failure.message, failure.status, true, { cause: error });
+        throw failure;
+      }
+    },
+    // JSON writes for the schedules stage; like uploads, a lost answer is settled by a read, not a resend.
+    async send<T>(what: string, method: "POST" | "DELETE", route: string, body?: Record<string, unknown>): Promise<T> {
+      try {
+        return (await call(what, route, undefined, { method, body, timeoutMs: cfg.httpTimeoutMs })) as T;
+      } catch (error) {
+        if (stop.aborted) throw new KfpError(`${what}: interrupted while sending; the next sync will see whether it arrived`);
+        const failure = toKfpError(error, what, host, cfg.httpTimeoutMs);
         if (failure.status === 502 || failure.status === 504) throw new KfpError(failure.message, failure.status, true, { cause: error });
         throw failure;
       }
@@ -2277,6 +2303,616 @@ export async function uploadAll(
   await Promise.all(Array.from({ length: Math.max(1, Math.min(concurrency, specs.length)) }, worker));
 }
 
+// ─── 3b. Schedules ───────────────────────────────────────────────────────────────────────────────
+
+// Recurring runs and experiments declared in kfp-sync.yaml (issue 18). KFP has no update for a
+// recurring run (kubeflow/pipelines#3789), so a changed one is replaced: create the new one
+// disabled, disable the old, enable the new, delete the old. Ownership is a marker in the
+// description; runs without it are never touched.
+
+export const SCHEDULE_FILE = "kfp-sync.yaml";
+const SCHEDULE_MARK = /kfp-sync schedule (\S+) sha256:([0-9a-f]{64})/;
+const SCHEDULE_KEYS = new Set(["pipeline", "name", "experiment", "cron", "every", "parameters", "version", "max_concurrency", "catchup", "enabled"]);
+// api/v2beta1 recurring_run.proto validation (contract create-recurring-run-max-concurrency-11).
+const MAX_CONCURRENCY = 10;
+
+/** One schedule as declared in kfp-sync.yaml, checked. */
+export interface ScheduleEntry {
+  pipeline: string;
+  name: string;
+  experiment: string;
+  cron?: string;
+  everySeconds?: number;
+  parameters: Record<string, unknown>;
+  version: "latest" | "pinned";
+  maxConcurrency: number;
+  catchup: boolean;
+  enabled: boolean;
+  /** `kfp-sync.yaml:LINE`, for messages and the description. */
+  where: string;
+}
+
+export type ScheduleAction = "created" | "replaced" | "unchanged" | "orphaned" | "deleted" | "skipped" | "failed";
+
+/** What the schedules stage decided (dry run) or did for one declared schedule or one owned run. */
+export interface ScheduleOutcome {
+  pipeline: string;
+  name: string;
+  /** `kfp-sync.yaml:LINE` of the entry; absent for an orphaned run. */
+  where?: string;
+  action?: ScheduleAction;
+  /** In a dry run with a host. */
+  plan?: "would create" | "would replace" | "unchanged" | "orphaned" | "would delete";
+  recurringRunId?: string;
+  experimentId?: string;
+  /** After a failed replace: what state the old and the new recurring run were left in. */
+  state?: { old?: string; new?: string };
+  /** Why it was skipped or left, for people. */
+  message?: string;
+  error?: Problem;
+}
+
+/** A 5-field cron as a person means it, and what KFP's controller reads instead. */
+const CRON_FIELDS = [
+  { name: "second", min: 0, max: 59 },
+  { name: "minute", min: 0, max: 59 },
+  { name: "hour", min: 0, max: 23 },
+  { name: "day-of-month", min: 1, max: 31 },
+  { name: "month", min: 1, max: 12, names: ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"] },
+  { name: "day-of-week", min: 0, max: 6, names: ["sun", "mon", "tue", "wed", "thu", "fri", "sat"] },
+];
+
+/**
+ * Whether KFP runs this cron as written. Its scheduled-workflow controller parses with robfig/cron
+ * v1 `cron.Parse` (backend/src/crd/controller/scheduledworkflow/util/cron_schedule.go): the SECOND
+ * comes first and day-of-week is optional. So the API accepts "0 2 * * *", and the controller runs
+ * it at second 0 of minute 2 of every hour, not at 02:00. Only six fields are taken.
+ */
+export function cronProblem(cron: string): string | undefined {
+  const fields = cron.trim().split(/\s+/).filter(Boolean);
+  if (cron.trim().startsWith("@")) return `cron "${cron}": write six fields (second minute hour day-of-month month day-of-week), or use every: for an interval`;
+  if (fields.length === 5) {
+    const read = fields.map((f, i) => `${CRON_FIELDS[i]!.name} ${f}`).join(", ");
+    return `cron "${cron}" has 5 fields, and KFP reads cron with seconds first (robfig/cron v1): it would run at ${read}, any day-of-week — not the crontab meaning. For minute ${fields[0]} of hour ${fields[1]} write "0 ${cron}" (second minute hour day-of-month month day-of-week)`;
+  }
+  if (fields.length !== 6) return `cron "${cron}" has ${fields.length} field${fields.length === 1 ? "" : "s"}; KFP takes six: second minute hour day-of-month month day-of-week, e.g. "0 0 2 * * *" for 02:00 every day`;
+  for (let i = 0; i < 6; i++) {
+    const spec = CRON_FIELDS[i]!;
+    const value = (text: string) => {
+      const at = spec.names?.indexOf(text.toLowerCase()) ?? -1;
+      const n = at >= 0 ? at + (spec.name === "month" ? 1 : 0) : /^\d+$/.test(text) ? Number(text) : NaN;
+      return n >= spec.min && n <= spec.max ? n : undefined;
+    };
+    for (const part of fields[i]!.split(",")) {
+      const m = /^(\*|\?|[A-Za-z0-9]+)(?:-([A-Za-z0-9]+))?(?:\/(\d+))?$/.exec(part);
+      const bad = !m || (m[1] !== "*" && m[1] !== "?" && value(m[1]!) === undefined) || (m[2] !== undefined && (value(m[2]) === undefined || (m[1] === "*" || m[1] === "?"))) || (m[3] !== undefined && Number(m[3]) < 1);
+      if (bad) return `cron "${cron}": ${spec.name} "${part}" is not a value, range or step within ${spec.min}–${spec.max}${spec.names ? ` (or ${spec.names[0]}–${spec.names.at(-1)})` : ""}`;
+    }
+  }
+  return undefined;
+}
+
+/** `every: 6h`, `90m`, `1d12h`, `30s` → seconds. */
+export function everySeconds(text: string): number | undefined {
+  const m = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim());
+  if (!m || text.trim() === "") return undefined;
+  const seconds = Number(m[1] ?? 0) * 86400 + Number(m[2] ?? 0) * 3600 + Number(m[3] ?? 0) * 60 + Number(m[4] ?? 0);
+  return seconds > 0 ? seconds : undefined;
+}
+
+export interface ScheduleFile {
+  /** As the user sees it (relative to the working directory when inside it). */
+  path: string;
+  entries: ScheduleEntry[];
+  /** Entries refused as written, each with its line. */
+  refused: ScheduleOutcome[];
+}
+
+/** Read and check kfp-sync.yaml as far as it can be checked without the compiled pipelines. */
+export function readScheduleFile(file: string, cwd: string): ScheduleFile {
+  const shownPath = path.relative(cwd, file).startsWith("..") ? file : path.relative(cwd, file);
+  const lines = new YAML.LineCounter();
+  const doc = YAML.parseDocument(fs.readFileSync(file, "utf8"), { lineCounter: lines, uniqueKeys: true });
+  const at = (node: unknown) => `${shownPath}:${lines.linePos((node as { range?: [number] })?.range?.[0] ?? 0).line}`;
+  const fileWide = (message: string): ScheduleFile => ({ path: shownPath, entries: [], refused: [{ pipeline: "", name: "", where: at(doc.contents), action: "failed", error: { stage: "schedule", file: shownPath, message } }] });
+  if (doc.errors.length > 0) return fileWide(`not valid YAML: ${doc.errors[0]!.message.split("\n")[0]}`);
+  const schedules = YAML.isMap(doc.contents) ? doc.contents.get("schedules", true) : undefined;
+  if (schedules === undefined || schedules === null || (YAML.isScalar(schedules) && schedules.value === null)) {
+    return YAML.isMap(doc.contents) || doc.contents === null ? { path: shownPath, entries: [], refused: [] } : fileWide("expected a mapping with a schedules: list");
+  }
+  if (!YAML.isSeq(schedules)) return fileWide("schedules: must be a list of schedules");
+  const entries: ScheduleEntry[] = [];
+  const refused: ScheduleOutcome[] = [];
+  const seen = new Map<string, string>();
+  for (const item of schedules.items) {
+    const where = at(item);
+    const raw = (YAML.isMap(item) ? item.toJSON() : undefined) as Record<string, unknown> | undefined;
+    const pipeline = typeof raw?.pipeline === "string" ? raw.pipeline : "";
+    const name = typeof raw?.name === "string" ? raw.name : "";
+    const refuse = (message: string) => {
+      refused.push({ pipeline, name, where, action: "failed", error: { stage: "schedule", file: shownPath, line: Number(where.split(":").at(-1)), message: `${where}: ${message}` } });
+    };
+    if (!raw) {
+      refuse("each schedule is a mapping (pipeline:, name:, cron: or every:, …)");
+      continue;
+    }
+    const unknown = Object.keys(raw).filter((k) => !SCHEDULE_KEYS.has(k));
+    if (unknown.length > 0) {
+      refuse(`unknown key${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")}: a schedule takes ${[...SCHEDULE_KEYS].join(", ")}`);
+      continue;
+    }
+    if (!pipeline) {
+      refuse("pipeline: is required: the pipeline's name as in the summary");
+      continue;
+    }
+    if (!name || name.trim() !== name) {
+      refuse("name: is required (a text without leading or trailing spaces): it becomes the recurring run's display name");
+      continue;
+    }
+    const key = `${pipeline}/${name}`;
+    if (seen.has(key)) {
+      refuse(`a second schedule named "${name}" for pipeline ${pipeline} (the first is at ${seen.get(key)}): names are unique per pipeline`);
+      continue;
+    }
+    seen.set(key, where);
+    if ((raw.cron === undefined) === (raw.every === undefined)) {
+      refuse(raw.cron === undefined ? "give cron: or every: (when it runs)" : "give cron: or every:, not both");
+      continue;
+    }
+    if (raw.cron !== undefined && typeof raw.cron !== "string") {
+      refuse(`cron: must be a quoted text such as "0 0 2 * * *"`);
+      continue;
+    }
+    const cronIssue = typeof raw.cron === "string" ? cronProblem(raw.cron) : undefined;
+    if (cronIssue) {
+      refuse(cronIssue);
+      continue;
+    }
+    const every = raw.every === undefined ? undefined : everySeconds(String(raw.every));
+    if (raw.every !== undefined && every === undefined) {
+      refuse(`every: "${String(raw.every)}" is not an interval such as 30m, 6h or 1d`);
+      continue;
+    }
+    const version = raw.version ?? "latest";
+    if (version !== "latest" && version !== "pinned") {
+      refuse(`version: takes latest (always the newest version) or pinned (the version of this run), got ${JSON.stringify(version)}`);
+      continue;
+    }
+    const maxConcurrency = raw.max_concurrency ?? 1;
+    if (typeof maxConcurrency !== "number" || !Number.isInteger(maxConcurrency) || maxConcurrency < 1 || maxConcurrency > MAX_CONCURRENCY) {
+      refuse(`max_concurrency: must be a whole number from 1 to ${MAX_CONCURRENCY} (the server's range), got ${JSON.stringify(maxConcurrency)}`);
+      continue;
+    }
+    const flag = (key: string, fallback: boolean) => (raw[key] === undefined ? fallback : raw[key]);
+    const catchup = flag("catchup", false);
+    const enabled = flag("enabled", true);
+    if (typeof catchup !== "boolean" || typeof enabled !== "boolean") {
+      refuse(`${typeof catchup !== "boolean" ? "catchup" : "enabled"}: must be true or false`);
+      continue;
+    }
+    const parameters = raw.parameters ?? {};
+    if (typeof parameters !== "object" || Array.isArray(parameters) || parameters === null) {
+      refuse("parameters: must be a mapping of parameter name to value");
+      continue;
+    }
+    const experiment = raw.experiment ?? "Default";
+    if (typeof experiment !== "string" || experiment.trim() === "") {
+      refuse("experiment: must be a name");
+      continue;
+    }
+    entries.push({ pipeline, name, experiment, cron: raw.cron as string | undefined, everySeconds: every, parameters: parameters as Record<string, unknown>, version, maxConcurrency, catchup, enabled, where });
+  }
+  return { path: shownPath, entries, refused };
+}
+
+/** The pipeline's own inputs, from the compiled IR, for checking a schedule's parameters. */
+interface PipelineInput {
+  type: string;
+  required: boolean;
+}
+
+export function pipelineInputs(specYaml: string): Map<string, PipelineInput> {
+  const ir = YAML.parseAllDocuments(specYaml)[0]?.toJS() as { root?: { inputDefinitions?: { parameters?: Record<string, { parameterType?: string; isOptional?: boolean; defaultValue?: unknown }> } } } | undefined;
+  const inputs = new Map<string, PipelineInput>();
+  for (const [name, p] of Object.entries(ir?.root?.inputDefinitions?.parameters ?? {})) {
+    inputs.set(name, { type: p.parameterType ?? "STRING", required: !p.isOptional && p.defaultValue === undefined });
+  }
+  return inputs;
+}
+
+const PARAMETER_TYPES: Record<string, [string, (v: unknown) => boolean]> = {
+  STRING: ["a text", (v) => typeof v === "string"],
+  NUMBER_INTEGER: ["a whole number", (v) => typeof v === "number" && Number.isInteger(v)],
+  NUMBER_DOUBLE: ["a number", (v) => typeof v === "number"],
+  BOOLEAN: ["true or false", (v) => typeof v === "boolean"],
+  LIST: ["a list", (v) => Array.isArray(v)],
+  STRUCT: ["a mapping", (v) => typeof v === "object" && v !== null && !Array.isArray(v)],
+};
+
+/** What is wrong with a schedule's parameters for this pipeline, or undefined. */
+export function parameterProblem(entry: ScheduleEntry, inputs: Map<string, PipelineInput>): string | undefined {
+  for (const [name, value] of Object.entries(entry.parameters)) {
+    const input = inputs.get(name);
+    if (!input) return `parameter ${name} is not an input of pipeline ${entry.pipeline} (its inputs: ${[...inputs.keys()].join(", ") || "none"})`;
+    const [what, fits] = PARAMETER_TYPES[input.type] ?? ["", () => true];
+    if (!fits(value)) return `parameter ${name} of pipeline ${entry.pipeline} is ${input.type}: give ${what}, not ${JSON.stringify(value)}`;
+  }
+  const missing = [...inputs].filter(([name, input]) => input.required && !(name in entry.parameters)).map(([name]) => name);
+  if (missing.length > 0) return `pipeline ${entry.pipeline} needs parameter${missing.length > 1 ? "s" : ""} ${missing.join(", ")} (no default): add ${missing.length > 1 ? "them" : "it"} under parameters:`;
+  return undefined;
+}
+
+function sortedJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(sortedJson).join(",")}]`;
+  if (value && typeof value === "object") return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${sortedJson((value as Record<string, unknown>)[k])}`).join(",")}}`;
+  return JSON.stringify(value);
+}
+
+/** The hash of the declared form: what "unchanged" compares (a pinned run's version is compared on its own). */
+export function scheduleHash(entry: ScheduleEntry): string {
+  const { where: _where, ...declared } = entry;
+  return createHash("sha256").update(sortedJson(declared)).digest("hex");
+}
+
+function scheduleKey(pipeline: string, name: string): string {
+  return `${pipeline}/${encodeURIComponent(name)}`;
+}
+
+export interface KfpExperiment {
+  experiment_id: string;
+  display_name?: string;
+  namespace?: string;
+  storage_state?: string;
+}
+
+export interface KfpRecurringRun {
+  recurring_run_id: string;
+  display_name?: string;
+  description?: string;
+  pipeline_version_reference?: { pipeline_id?: string; pipeline_version_id?: string };
+  status?: string;
+  mode?: string;
+  experiment_id?: string;
+  namespace?: string;
+}
+
+/** What the schedules stage knows of each pipeline of this run. */
+export interface ScheduledPipeline {
+  pipelineId?: string;
+  versionId?: string;
+  /** The YAML this run compiled, for the parameter check. */
+  specYaml: string;
+  /** Why its schedules are left as they are (it failed in this run). */
+  failed?: string;
+}
+
+export interface ScheduleContext {
+  api?: KfpApi;
+  namespace?: string;
+  multiUser?: boolean;
+  dryRun: boolean;
+  prune: boolean;
+  uiUrl?: string;
+  /** Set by writeChecked's settle reads to tell our own create apart. */
+  nonce: () => string;
+  log: { info(msg: string): void; warn(msg: string): void };
+}
+
+type SchedulePlan =
+  | { kind: "create"; experiment?: KfpExperiment }
+  | { kind: "unchanged"; experiment?: KfpExperiment; run: KfpRecurringRun }
+  | { kind: "replace"; experiment?: KfpExperiment; run: KfpRecurringRun };
+
+async function ownedRecurringRuns(ctx: ScheduleContext): Promise<KfpRecurringRun[]> {
+  const what = "list recurring runs";
+  const owned: KfpRecurringRun[] = [];
+  let pageToken: string | undefined;
+  for (;;) {
+    // Multi-user servers list only by namespace or experiment (contract mu-list-recurring-runs-no-namespace).
+    const page = await ctx.api!.read<{ recurringRuns?: KfpRecurringRun[]; next_page_token?: string }>(what, "/recurringruns", { namespace: ctx.multiUser ? ctx.namespace : undefined, page_size: "100", page_token: pageToken });
+    for (const run of page.recurringRuns ?? []) {
+      mustCarry(what, run, "recurring_run_id", "a recurring run");
+      if (SCHEDULE_MARK.test(run.description ?? "")) owned.push(run);
+    }
+    if (!page.next_page_token) return owned;
+    pageToken = page.next_page_token;
+  }
+}
+
+async function findExperiment(ctx: ScheduleContext, name: string): Promise<KfpExperiment | undefined> {
+  const filter = JSON.stringify({ predicates: [{ key: "display_name", operation: "EQUALS", string_value: name }] });
+  const page = await ctx.api!.read<{ experiments?: KfpExperiment[] }>(`look up experiment ${name}`, "/experiments", { filter, namespace: ctx.namespace, page_size: "10" });
+  const found = (page.experiments ?? []).find((e) => e.display_name === name);
+  return found && mustCarry(`look up experiment ${name}`, found, "experiment_id", "an experiment");
+}
+
+/** The experiment, created when missing and unarchived when archived. */
+async function ensureExperiment(ctx: ScheduleContext, name: string, known?: KfpExperiment): Promise<KfpExperiment> {
+  let experiment = known;
+  if (!experiment) {
+    const what = `create experiment ${name}`;
+    experiment = await writeChecked(
+      async () => mustCarry(what, await ctx.api!.send<KfpExperiment>(what, "POST", "/experiments", { display_name: name, ...(ctx.namespace ? { namespace: ctx.namespace } : {}) }), "experiment_id", "a created experiment", false),
+      () => findExperiment(ctx, name), // 409: another sync made it; a lost answer: ours may have
+    );
+    ctx.log.info(`experiment ${shown(name)}: created`);
+  }
+  if (experiment.storage_state === "ARCHIVED") {
+    const what = `unarchive experiment ${name}`;
+    const id = encodeURIComponent(experiment.experiment_id);
+    await writeChecked(
+      () => ctx.api!.send(what, "POST", `/experiments/${id}:unarchive`),
+      async () => ((await ctx.api!.read<KfpExperiment>(what, `/experiments/${id}`)).storage_state === "AVAILABLE" ? {} : undefined),
+    );
+    ctx.log.info(`experiment ${shown(name)}: unarchived`);
+  }
+  return experiment;
+}
+
+/** Is this owned run the declared schedule, as the pipeline now stands? */
+function isCurrent(run: KfpRecurringRun, entry: ScheduleEntry, pipeline: ScheduledPipeline): boolean {
+  if (SCHEDULE_MARK.exec(run.description ?? "")?.[2] !== scheduleHash(entry)) return false;
+  const reference = run.pipeline_version_reference ?? {};
+  if (reference.pipeline_id !== pipeline.pipelineId) return false;
+  // pinned: the version of this run; latest: no version, so a new version needs no change.
+  if (entry.version === "pinned" ? reference.pipeline_version_id !== pipeline.versionId : !!reference.pipeline_version_id) return false;
+  return (run.status === "ENABLED") === entry.enabled;
+}
+
+function recurringRunBody(ctx: ScheduleContext, entry: ScheduleEntry, pipeline: ScheduledPipeline, experimentId: string, nonce: string, mode?: "ENABLE"): Record<string, unknown> {
+  return {
+    display_name: entry.name,
+    description: `Scheduled by kfp-sync from ${entry.where} · kfp-sync schedule ${scheduleKey(entry.pipeline, entry.name)} sha256:${scheduleHash(entry)} · ${nonce}`,
+    pipeline_version_reference: { pipeline_id: pipeline.pipelineId, ...(entry.version === "pinned" ? { pipeline_version_id: pipeline.versionId } : {}) },
+    runtime_config: { parameters: entry.parameters },
+    // int64 travels as a JSON string (contract create-recurring-run-cron6).
+    max_concurrency: String(entry.maxConcurrency),
+    no_catchup: !entry.catchup,
+    trigger: entry.cron ? { cron_schedule: { cron: entry.cron } } : { periodic_schedule: { interval_second: String(entry.everySeconds) } },
+    experiment_id: experimentId,
+    ...(ctx.namespace ? { namespace: ctx.namespace } : {}),
+    // Without mode the server creates it disabled (contract create-recurring-run-periodic-latest).
+    ...(mode ? { mode } : {}),
+  };
+}
+
+async function createRecurringRun(ctx: ScheduleContext, entry: ScheduleEntry, pipeline: ScheduledPipeline, experimentId: string, mode?: "ENABLE"): Promise<KfpRecurringRun> {
+  const what = `create recurring run ${entry.name} of ${entry.pipeline}`;
+  const nonce = ctx.nonce();
+  return writeChecked(
+    async () => mustCarry(what, await ctx.api!.send<KfpRecurringRun>(what, "POST", "/recurringruns", recurringRunBody(ctx, entry, pipeline, experimentId, nonce, mode)), "recurring_run_id", "a created recurring run", false),
+    // A lost answer: ours arrived when a run carries this create's nonce.
+    async () => (await ownedRecurringRuns(ctx)).find((r) => r.description?.endsWith(` · ${nonce}`)),
+  );
+}
+
+async function setEnabled(ctx: ScheduleContext, run: KfpRecurringRun, enabled: boolean): Promise<void> {
+  const verb = enabled ? "enable" : "disable";
+  const what = `${verb} recurring run ${run.display_name ?? ""} (${run.recurring_run_id})`;
+  const id = encodeURIComponent(run.recurring_run_id);
+  await writeChecked(
+    () => ctx.api!.send(what, "POST", `/recurringruns/${id}:${verb}`),
+    async () => ((await ctx.api!.read<KfpRecurringRun>(what, `/recurringruns/${id}`)).status === (enabled ? "ENABLED" : "DISABLED") ? {} : undefined),
+  );
+}
+
+async function deleteRecurringRun(ctx: ScheduleContext, run: KfpRecurringRun): Promise<void> {
+  const what = `delete recurring run ${run.display_name ?? ""} (${run.recurring_run_id})`;
+  const id = encodeURIComponent(run.recurring_run_id);
+  await writeChecked(
+    () => ctx.api!.send(what, "DELETE", `/recurringruns/${id}`),
+    () =>
+      ctx.api!.read(what, `/recurringruns/${id}`).then(
+        () => undefined,
+        (error: unknown) => {
+          if (error instanceof KfpError && error.status === 404 && !error.notKfp) return {};
+          throw error;
+        },
+      ),
+  );
+}
+
+const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
+
+/**
+ * Replace `old` by the declared schedule without a moment with two enabled, or none when the
+ * new one cannot be made: a failure at any step leaves the old as it was and removes the new.
+ */
+async function replaceRecurringRun(ctx: ScheduleContext, entry: ScheduleEntry, pipeline: ScheduledPipeline, experimentId: string, old: KfpRecurringRun): Promise<Pick<ScheduleOutcome, "action" | "recurringRunId" | "state" | "message"> & { failure?: string }> {
+  const oldWasEnabled = old.status === "ENABLED";
+  const oldState = oldWasEnabled ? "enabled" : "disabled";
+  let created: KfpRecurringRun;
+  try {
+    created = await createRecurringRun(ctx, entry, pipeline, experimentId);
+  } catch (error) {
+    return { action: "failed", recurringRunId: old.recurring_run_id, state: { old: `${oldState}, unchanged` }, failure: `replace: ${messageOf(error)}; the old recurring run ${old.recurring_run_id} is left as it was` };
+  }
+  const undo = async (step: string, error: unknown, reenableOld: boolean) => {
+    const state: NonNullable<ScheduleOutcome["state"]> = {};
+    let oldNote = "";
+    if (reenableOld) {
+      try {
+        await setEnabled(ctx, old, true);
+        state.old = "enabled again";
+      } catch (again) {
+        state.old = "DISABLED";
+        oldNote = `; re-enabling the old one failed too (${messageOf(again)}): enable ${old.recurring_run_id} by hand`;
+      }
+    } else state.old = `${oldState}, unchanged`;
+    let newNote = "";
+    try {
+      await deleteRecurringRun(ctx, created);
+      state.new = "removed";
+    } catch (again) {
+      state.new = `left disabled (${created.recurring_run_id})`;
+      newNote = `; removing the new one failed (${messageOf(again)}): it is left disabled, the next sync reports it`;
+    }
+    return { action: "failed" as const, recurringRunId: old.recurring_run_id, state, failure: `replace: ${step}: ${messageOf(error)}${oldNote}${newNote}` };
+  };
+  if (oldWasEnabled) {
+    try {
+      await setEnabled(ctx, old, false);
+    } catch (error) {
+      return undo("disabling the old recurring run failed", error, false);
+    }
+  }
+  if (entry.enabled) {
+    try {
+      await setEnabled(ctx, created, true);
+    } catch (error) {
+      return undo("enabling the new recurring run failed", error, oldWasEnabled);
+    }
+  }
+  try {
+    await deleteRecurringRun(ctx, old);
+  } catch (error) {
+    // The new one already runs as declared; taking it back to restore an outdated one would be worse.
+    return { action: "failed", recurringRunId: created.recurring_run_id, state: { old: `disabled, not deleted (${old.recurring_run_id})`, new: entry.enabled ? "enabled" : "disabled" }, failure: `replace: the new recurring run is in place, but deleting the old one failed: ${messageOf(error)}; it is left disabled and reported as orphaned next time (--prune-schedules deletes it)` };
+  }
+  return { action: "replaced", recurringRunId: created.recurring_run_id };
+}
+
+/**
+ * Stage 3b: check every declared schedule against this run's pipelines, plan with reads only, then
+ * create, replace or leave each one; report owned runs no longer declared, delete them only when
+ * asked. One schedule's failure never stops the others.
+ */
+export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pipelines: Map<string, ScheduledPipeline>, uncompiled: string[]): Promise<ScheduleOutcome[]> {
+  const outcomes: ScheduleOutcome[] = [...file.refused];
+  const fail = (entry: ScheduleEntry, message: string, extra: Partial<ScheduleOutcome> = {}): ScheduleOutcome => ({
+    pipeline: entry.pipeline,
+    name: entry.name,
+    where: entry.where,
+    ...extra,
+    action: "failed",
+    error: { stage: "schedule", file: file.path, line: Number(entry.where.split(":").at(-1)), message: `${entry.where}: ${message}` },
+  });
+  const ready: ScheduleEntry[] = [];
+  for (const entry of file.entries) {
+    const pipeline = pipelines.get(entry.pipeline);
+    if (!pipeline) {
+      const known = [...pipelines.keys()].join(", ") || "none";
+      // A file that failed to compile has no name yet: its schedules may be the ones asked for.
+      if (uncompiled.length > 0) {
+        outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, action: "skipped", message: `left as it is: no pipeline named ${entry.pipeline} compiled in this run (pipelines: ${known}); ${uncompiled.join(", ")} failed to compile and may hold it — if not, check the name` });
+      } else outcomes.push(fail(entry, `no pipeline named ${entry.pipeline} in this run (pipelines: ${known})`));
+      continue;
+    }
+    const problem = parameterProblem(entry, pipelineInputs(pipeline.specYaml));
+    if (problem) outcomes.push(fail(entry, problem));
+    else if (pipeline.failed) outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, action: "skipped", message: `left as it is: pipeline ${entry.pipeline} failed in this run (${pipeline.failed})` });
+    else ready.push(entry);
+  }
+  if (!ctx.api) {
+    for (const entry of ready) outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, message: "checked; not compared with a server (no --host/KFP_HOST)" });
+    return outcomes;
+  }
+  if (ctx.multiUser && !ctx.namespace) {
+    for (const entry of ready) outcomes.push(fail(entry, "on a multi-user server recurring runs live in a namespace: use --namespace/KFP_NAMESPACE (not --shared) to sync schedules"));
+    return outcomes;
+  }
+
+  let owned: KfpRecurringRun[];
+  try {
+    owned = await ownedRecurringRuns(ctx);
+  } catch (error) {
+    for (const entry of ready) outcomes.push(fail(entry, messageOf(error)));
+    return outcomes;
+  }
+  const byKey = Map.groupBy(owned, (r) => SCHEDULE_MARK.exec(r.description ?? "")![1]!);
+  const experiments = new Map<string, Promise<KfpExperiment | undefined>>();
+  const experimentOf = (name: string) => {
+    if (!experiments.has(name)) experiments.set(name, findExperiment(ctx, name));
+    return experiments.get(name)!;
+  };
+  // Runs of a declared key beyond the one kept (left by an interrupted replace) are reported as orphans.
+  const leftovers: KfpRecurringRun[] = [];
+
+  for (const entry of ready) {
+    const pipeline = pipelines.get(entry.pipeline)!;
+    const mine = byKey.get(scheduleKey(entry.pipeline, entry.name)) ?? [];
+    const current = mine.find((r) => isCurrent(r, entry, pipeline)) ?? mine.find((r) => r.status === "ENABLED") ?? mine[0];
+    leftovers.push(...mine.filter((r) => r !== current));
+    let plan: SchedulePlan;
+    try {
+      const experiment = await experimentOf(entry.experiment);
+      plan = !current ? { kind: "create", experiment } : isCurrent(current, entry, pipeline) && current.experiment_id === experiment?.experiment_id ? { kind: "unchanged", experiment, run: current } : { kind: "replace", experiment, run: current };
+    } catch (error) {
+      outcomes.push(fail(entry, messageOf(error)));
+      continue;
+    }
+    const base = { pipeline: entry.pipeline, name: entry.name, where: entry.where, experimentId: plan.experiment?.experiment_id };
+    if (plan.kind === "unchanged") {
+      const unchanged: ScheduleOutcome = { ...base, action: "unchanged", ...(ctx.dryRun ? { plan: "unchanged" as const } : {}), recurringRunId: plan.run.recurring_run_id };
+      // Its experiment was archived since: the declared state includes an experiment in use.
+      if (plan.experiment?.storage_state === "ARCHIVED") {
+        if (ctx.dryRun) unchanged.message = `experiment ${entry.experiment} is archived: would unarchive it`;
+        else {
+          try {
+            experiments.set(entry.experiment, Promise.resolve({ ...(await ensureExperiment(ctx, entry.experiment, plan.experiment)), storage_state: "AVAILABLE" }));
+            unchanged.message = `experiment ${entry.experiment} unarchived`;
+          } catch (error) {
+            outcomes.push(fail(entry, messageOf(error), base));
+            continue;
+          }
+        }
+      }
+      outcomes.push(unchanged);
+      continue;
+    }
+    if (ctx.dryRun) {
+      outcomes.push({ ...base, plan: plan.kind === "create" ? "would create" : "would replace", recurringRunId: plan.kind === "replace" ? plan.run.recurring_run_id : undefined });
+      continue;
+    }
+    try {
+      const experiment = await ensureExperiment(ctx, entry.experiment, plan.experiment);
+      experiments.set(entry.experiment, Promise.resolve({ ...experiment, storage_state: "AVAILABLE" }));
+      if (plan.kind === "create") {
+        const run = await createRecurringRun(ctx, entry, pipeline, experiment.experiment_id, entry.enabled ? "ENABLE" : undefined);
+        outcomes.push({ ...base, experimentId: experiment.experiment_id, action: "created", recurringRunId: run.recurring_run_id });
+      } else {
+        const { failure, ...result } = await replaceRecurringRun(ctx, entry, pipeline, experiment.experiment_id, plan.run);
+        outcomes.push(failure ? fail(entry, failure, { ...base, ...result }) : { ...base, experimentId: experiment.experiment_id, ...result });
+      }
+    } catch (error) {
+      outcomes.push(fail(entry, messageOf(error), base));
+    }
+  }
+
+  // In the file's order, as the user wrote them; orphans after.
+  const lineOf = (o: ScheduleOutcome) => Number(o.where?.split(":").at(-1) ?? 0);
+  outcomes.sort((a, b) => lineOf(a) - lineOf(b));
+
+  // Owned, and no longer declared (or a leftover): reported; deleted only with --prune-schedules.
+  const declared = new Set([...file.entries, ...file.refused].map((e) => scheduleKey(e.pipeline, e.name)));
+  const orphans = [...owned.filter((r) => !declared.has(SCHEDULE_MARK.exec(r.description ?? "")![1]!)), ...leftovers];
+  for (const run of orphans) {
+    const [pipeline = "", encoded = ""] = SCHEDULE_MARK.exec(run.description ?? "")![1]!.split("/");
+    const base = { pipeline, name: safeDecode(encoded), recurringRunId: run.recurring_run_id, experimentId: run.experiment_id };
+    if (!ctx.prune) {
+      outcomes.push({ ...base, action: "orphaned", ...(ctx.dryRun ? { plan: "orphaned" as const } : {}), message: `owned by kfp-sync, no longer in ${file.path} (${run.status?.toLowerCase() ?? "state unknown"}): --prune-schedules deletes it` });
+    } else if (ctx.dryRun) {
+      outcomes.push({ ...base, plan: "would delete", message: `owned by kfp-sync, no longer in ${file.path}` });
+    } else {
+      try {
+        await deleteRecurringRun(ctx, run);
+        outcomes.push({ ...base, action: "deleted", message: `no longer in ${file.path}: deleted (--prune-schedules)` });
+      } catch (error) {
+        outcomes.push({ ...base, action: "failed", error: { stage: "schedule", file: file.path, message: messageOf(error) } });
+      }
+    }
+  }
+  return outcomes;
+}
+
+function safeDecode(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
 // ─── 4. Notify ───────────────────────────────────────────────────────────────────────────────────
 
 /** What ntfy's JSON publish API takes (https://docs.ntfy.sh/publish/#publish-as-json). */
@@ -2396,7 +3032,9 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   const title = summary.interrupted
     ? `${what}kfp-sync interrupted (${summary.interrupted})`
     : c.failed === 0
-      ? `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
+      ? summary.schedules?.some((o) => o.action === "failed")
+        ? `${what}kfp-sync: ${summary.schedules.filter((o) => o.action === "failed").length} schedule(s) failed`
+        : `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
       : c.failed === c.found
         ? `${what}kfp-sync failed: all ${c.failed} pipelines`
         : `${what}kfp-sync: ${c.failed} of ${c.found} pipelines failed`;
@@ -2404,12 +3042,13 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
     ...(summary.interrupted ? [`interrupted by ${summary.interrupted}: what was not compiled or uploaded is listed as failed`] : []),
     `compiled ${c.compiled} · uploaded ${c.uploaded} (created ${c.created}, versioned ${c.versioned}) · unchanged ${c.unchanged} · failed ${c.failed}`,
     `version ${summary.versionTag}${summary.commit ? ` · commit ${summary.commit.slice(0, 8)}` : ""}`,
+    ...(summary.schedules ? [`schedules: ${scheduleLine(summary.schedules)}`] : []),
   ];
   const tail = [summary.runUrl ? `run: ${summary.runUrl}` : "", uiUrl ? `kubeflow: ${uiUrl}/#/pipelines` : ""].filter(Boolean);
   const actions: Notification["actions"] = [];
   if (summary.runUrl) actions.push({ action: "view", label: "CI run", url: summary.runUrl });
   if (uiUrl) actions.push({ action: "view", label: "Kubeflow", url: `${uiUrl}/#/pipelines` });
-  const bad = c.failed > 0 || summary.interrupted !== undefined;
+  const bad = c.failed > 0 || summary.interrupted !== undefined || summary.schedules?.some((o) => o.action === "failed") === true;
   const noteWith = (failedList?: string, changed: string[] = []): Notification => ({
     topic,
     title,
@@ -2612,6 +3251,24 @@ export function countsOf(pipelines: PipelineReport[]): Summary["counts"] {
   };
 }
 
+/** `created 1 · replaced 0 · …`: the schedules in one line, for people (log, step summary, notification, outputs). */
+export function scheduleLine(schedules: ScheduleOutcome[]): string {
+  const n = (f: (o: ScheduleOutcome) => boolean) => schedules.filter(f).length;
+  const dry = schedules.some((o) => o.plan !== undefined);
+  const parts = dry
+    ? [`would create ${n((o) => o.plan === "would create")}`, `would replace ${n((o) => o.plan === "would replace")}`, `unchanged ${n((o) => o.plan === "unchanged")}`, `orphaned ${n((o) => o.plan === "orphaned")}`, ...(n((o) => o.plan === "would delete") ? [`would delete ${n((o) => o.plan === "would delete")}`] : [])]
+    : [`created ${n((o) => o.action === "created")}`, `replaced ${n((o) => o.action === "replaced")}`, `unchanged ${n((o) => o.action === "unchanged")}`, `orphaned ${n((o) => o.action === "orphaned")}`, ...(n((o) => o.action === "deleted") ? [`deleted ${n((o) => o.action === "deleted")}`] : [])];
+  const skipped = n((o) => o.action === "skipped");
+  // Without a host, entries are only checked against the compiled pipelines.
+  const checked = n((o) => o.action === undefined && o.plan === undefined);
+  if (checked > 0 && !dry && schedules.every((o) => o.action === undefined || o.action === "failed")) return `checked ${checked} · failed ${n((o) => o.action === "failed")}`;
+  return [...parts, ...(skipped ? [`skipped ${skipped}`] : []), `failed ${n((o) => o.action === "failed")}`].join(" · ");
+}
+
+function scheduleLabel(o: ScheduleOutcome): string {
+  return o.pipeline ? `${shown(o.pipeline)}/${shown(o.name)}` : shown(o.where ?? "schedules");
+}
+
 /** A multi-line-safe `name<<DELIMITER` block for GITHUB_OUTPUT, as the runner reads it. */
 function outputEntry(name: string, value: string): string {
   if (!value.includes("\n")) return `${name}=${value}\n`;
@@ -2629,6 +3286,7 @@ export function actionsOutputs(summary: Summary): string {
     // A run that created no version must not name one: a later job would look for it in KFP.
     outputEntry("version", summary.counts.uploaded > 0 ? summary.versionTag : ""),
     outputEntry("failed_pipelines", failed.join("\n")),
+    ...(summary.schedules ? [outputEntry("schedules", scheduleLine(summary.schedules)), outputEntry("failed_schedules", summary.schedules.filter((o) => o.action === "failed").map(scheduleLabel).join("\n"))] : []),
     outputEntry("summary_json", summaryJson(summary)),
   ].join("");
 }
@@ -2646,7 +3304,7 @@ export function stepSummary(summary: Summary): string {
     return `| ${cell(shown(p.name ?? ""))} | \`${cell(shown(p.file))}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
   });
   return [
-    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
+    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 && !summary.schedules?.some((o) => o.action === "failed") ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
     "",
     `Version tag \`${summary.versionTag}\`${summary.commit ? ` · commit \`${summary.commit.slice(0, 8)}\`` : ""}${summary.server?.host ? ` · server ${summary.server.host}${summary.server.version ? ` (${summary.server.version})` : ""}` : ""}`,
     "",
@@ -2655,6 +3313,7 @@ export function stepSummary(summary: Summary): string {
     ...rows,
     "",
     ...changeSections(summary),
+    ...(summary.schedules ? scheduleTable(summary.schedules) : []),
   ].join("\n");
 }
 
@@ -2668,6 +3327,16 @@ export function changeSections(summary: Summary, max = 100): string[] {
 /** Text in Markdown as written: a code span, so a name or value makes no emphasis, link or HTML. */
 function markdownText(text: string): string {
   return `\`${text.replaceAll("`", "'")}\``;
+}
+
+function scheduleTable(schedules: ScheduleOutcome[]): string[] {
+  const rows = schedules.map((o) => {
+    const result = o.action === "failed" ? "❌ failed" : (o.plan ?? o.action ?? "checked");
+    const state = o.state ? `old: ${o.state.old ?? "-"}; new: ${o.state.new ?? "-"}` : "";
+    const note = o.error ? `${o.error.message}${state ? ` (${state})` : ""}` : (o.message ?? "");
+    return `| ${cell(scheduleLabel(o))} | ${cell(o.where ?? "")} | ${cell(result)} | ${cell(o.recurringRunId ?? "")} | ${cell(note)} |`;
+  });
+  return [`#### Schedules — ${scheduleLine(schedules)}`, "", "| schedule | declared at | result | recurring run | note |", "|---|---|---|---|---|", ...rows, ""];
 }
 
 /** `::error file=…,line=…::` — GitHub renders these; Gitea and Forgejo print them raw. */
@@ -2703,11 +3372,11 @@ export function report(raw: Summary, env: Env, secrets: string[], log: { warn(ms
   const onGitHub = truthy(env.GITHUB_ACTIONS) && !truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS);
   if (onGitHub) for (const line of annotations(summary)) process.stderr.write(scrub(line, secrets) + "\n");
   const c = summary.counts;
-  const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed · ${(summary.durationMs / 1000).toFixed(1)} s`;
+  const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed${summary.schedules ? ` · schedules: ${scheduleLine(summary.schedules)}` : ""} · ${(summary.durationMs / 1000).toFixed(1)} s`;
   // The last line is what people read: with --ntfy-required a lost notification fails the run, say so.
   const notifyProblem = ntfyRequired ? summary.problems.find((p) => p.stage === "notify") : undefined;
   if (notifyProblem) log.error(`run failed, --ntfy-required: ${notifyProblem.message} · ${line}`);
-  else if (c.failed > 0) log.error(line);
+  else if (c.failed > 0 || summary.schedules?.some((o) => o.action === "failed")) log.error(line);
   else log.success(line);
 }
 
@@ -2741,7 +3410,9 @@ export async function sync(cfg: Config, log: Log, env: Env, state: RunState): Pr
   const found = findStage(cfg, log, reports);
   const compiled = await compileStage(found.files, cfg, log, reports);
   const server = await uploadStage(compiled, cfg, log, reports, state);
+  const schedules = await scheduleStage(compiled, server, cfg, log, reports, state);
   const summary = summarize(cfg, compiled.kfp, server, reports, state, found.notes);
+  if (schedules) Object.assign(summary, { schedules, problems: [...summary.problems, ...schedules.flatMap((o) => (o.error ? [o.error] : []))] });
   summary.problems.push(...compiled.unkept);
   await notifyStage(summary, cfg, env, log, state);
   if (cfg.prComment) await commentStage(summary, cfg, env, log);
@@ -2875,6 +3546,47 @@ async function uploadStage(compiled: CompileRun, cfg: Config, log: Log, reports:
   return server;
 }
 
+async function scheduleStage(compiled: CompileRun, server: Summary["server"], cfg: Config, log: Log, reports: Map<string, PipelineReport>, state: RunState): Promise<ScheduleOutcome[] | undefined> {
+  if (!cfg.scheduleFile) return undefined;
+  let file: ScheduleFile;
+  try {
+    file = readScheduleFile(cfg.scheduleFile, cfg.cwd);
+  } catch (error) {
+    const where = path.relative(cfg.cwd, cfg.scheduleFile) || cfg.scheduleFile;
+    log.error(`${shown(where)}: ${messageOf(error)}`);
+    return [{ pipeline: "", name: "", where, action: "failed", error: { stage: "schedule", file: where, message: `${where}: cannot read it: ${messageOf(error)}` } }];
+  }
+  const pipelines = new Map<string, ScheduledPipeline>();
+  for (const r of compiled.results) {
+    if (!r.ok) continue;
+    const report = reports.get(reportKey(r.file))!;
+    // A version this dry run would add is not the one a pinned schedule points at.
+    const versionId = report.plan === "would add version" ? undefined : report.versionId;
+    const failed = report.action === "failed" ? (report.error?.message ?? "upload failed") : state.stopped ? "the run was interrupted" : undefined;
+    pipelines.set(report.name ?? r.irName, { pipelineId: report.pipelineId, versionId, specYaml: r.yaml, failed });
+  }
+  const uncompiled = [...reports.values()].filter((p) => p.status === "failed").map((p) => shown(pipelineLabel(p)));
+  const upOk = server !== undefined && [...pipelines.values()].some((p) => !p.failed);
+  const ctx: ScheduleContext = {
+    api: cfg.host && upOk ? kfpClient(cfg, log, state.abort.signal) : undefined,
+    namespace: cfg.namespace,
+    multiUser: server?.multiUser,
+    dryRun: cfg.dryRun,
+    prune: cfg.pruneSchedules,
+    uiUrl: cfg.uiUrl,
+    nonce: () => `sync ${crypto.randomUUID().slice(0, 8)}`,
+    log,
+  };
+  const outcomes = await syncSchedules(ctx, file, pipelines, uncompiled);
+  for (const o of outcomes) {
+    const who = o.pipeline ? `schedule ${shown(o.pipeline)}/${shown(o.name)}` : `schedules`;
+    if (o.error) log.error(`${who}: ${o.error.message}${o.state ? ` [old: ${o.state.old ?? "-"}, new: ${o.state.new ?? "-"}]` : ""}`);
+    else if (o.action === "skipped" || o.action === "orphaned") log.warn(`${who}: ${o.action}: ${o.message}`);
+    else log.success(`${who}: ${o.plan ?? o.action ?? o.message}`);
+  }
+  return outcomes;
+}
+
 function summarize(cfg: Config, kfp: CompileRun["kfp"], server: Summary["server"], reports: Map<string, PipelineReport>, state: RunState, notes: Problem[]): Summary {
   const pipelines = [...reports.values()].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
   return {
@@ -2940,6 +3652,7 @@ async function notifyStage(summary: Summary, cfg: Config, env: Env, log: Log, st
 export function exitCodeOf(summary: Summary, ntfyRequired: boolean): number {
   if (summary.interrupted) return summary.interrupted === "SIGINT" ? 130 : 143;
   if (summary.counts.failed > 0) return 1;
+  if (summary.schedules?.some((o) => o.action === "failed")) return 1;
   if (ntfyRequired && summary.problems.some((p) => p.stage === "notify")) return 1;
   return 0;
 }

@@ -12,8 +12,8 @@
  * KFP_TEST_HOST, and KFP_TEST_TOKEN if it needs one, a real KFP instead of the imitation).
  *
  * Issue 19 item 7: a pull request that changes a default gets the plan as one comment from the
- * shipped plan.yaml, edited by the next push. Not covered yet, because the feature does not exist:
- * the `kfp-sync.yaml` schedules. Add them here when they land.
+ * shipped plan.yaml, edited by the next push. The examples' kfp-sync.yaml is pushed too: the first
+ * push checks its two schedules are in KFP.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
@@ -484,6 +484,10 @@ async function firstPush(e: Env, names: string[]): Promise<Run> {
     // KFP names a new pipeline's first version after the pipeline: one version each.
     for (const name of names) expect(after.get(name)).toEqual([name]);
   }
+  // examples/kfp-sync.yaml's two schedules are recurring runs now, enabled, marked as kfp-sync's.
+  const listed = await fetch(`${e.kfp.url}/apis/v2beta1/recurringruns?page_size=200`, { headers: e.kfp.token ? { Authorization: `Bearer ${e.kfp.token}` } : {} }).then((r) => r.json() as Promise<any>);
+  const scheduled = (listed.recurringRuns ?? []).filter((r: any) => /kfp-sync schedule /.test(r.description ?? ""));
+  for (const name of ["nightly-evaluation", "weekly-finetune"]) expect(scheduled.find((r: any) => r.display_name === name)?.status, name).toBe("ENABLED");
   // summary_json is a step output only (the job leaves it out); the runner echoes it into the log,
   // as it does every step output, so secrets must never be in it.
   expect(Object.keys(outputs).sort()).toEqual(["compiled", "failed", "failed_pipelines", "unchanged", "uploaded", "version"]);

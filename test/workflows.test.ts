@@ -118,7 +118,7 @@ describe("workflows: compile-upload uses what kfp-sync offers", () => {
 
   test("triggers: pushes to main that touch what can change a compiled pipeline, and by hand", () => {
     expect(workflow.on.push.branches).toEqual(["main"]);
-    expect(workflow.on.push.paths).toEqual(["**/*.py", "**/requirements*.txt", "**/pyproject.toml", ".gitea/workflows/compile-upload.yaml"]);
+    expect(workflow.on.push.paths).toEqual(["**/*.py", "**/requirements*.txt", "**/pyproject.toml", "kfp-sync.yaml", ".gitea/workflows/compile-upload.yaml"]);
     expect("workflow_dispatch" in workflow.on).toBe(true);
   });
 
