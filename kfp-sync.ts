@@ -3,7 +3,7 @@
  * kfp-sync — find, compile and upload Kubeflow Pipelines in one step.
  *
  * The file reads top-down like the job it does:
- *   types and config → run context and output → HTTP → discover → compile → upload → notify → report → main.
+ *   types and config → run context and output → HTTP → discover → compile → upload → schedules → notify → report → main.
  * Each stage is a function from data to data, returning its results for the next; sync() composes
  * them. Processes, HTTP and the clock sit at the edges; secrets, signals and the exit code belong
  * to the run context, and every output goes through its one scrubbing writer.
@@ -53,7 +53,7 @@ const MAX_SMALL_ANSWER_BYTES = 1 << 20; // ntfy's publish answer and Gitea's ver
 
 /** A problem the user has to act on: what happened, where, and what to do. */
 export interface Problem {
-  stage: "discover" | "compile" | "upload" | "notify";
+  stage: "discover" | "compile" | "upload" | "schedule" | "notify";
   message: string;
   file?: string;
   line?: number;
@@ -118,6 +118,8 @@ export interface UploadOutcome {
   versionName?: string;
   url?: string;
   problem?: Problem;
+  /** What the new version changes against the server's latest (issue 17); [] when nothing would. */
+  changes?: Change[];
 }
 
 export interface PipelineReport {
@@ -133,6 +135,8 @@ export interface PipelineReport {
   versionId?: string;
   versionName?: string;
   url?: string;
+  /** What this sync changes (or, in a dry run, would change) against the server's latest version. */
+  changes?: Change[];
   error?: Problem;
   timings: { compileMs?: number; uploadMs?: number };
 }
@@ -159,6 +163,8 @@ export interface Summary {
   problems: Problem[];
   /** What discovery skipped on purpose (a second link to one file, a folder link pointing up): not failures. */
   notes?: Problem[];
+  /** The schedules of kfp-sync.yaml and the owned recurring runs no longer in it; absent without the file. */
+  schedules?: ScheduleOutcome[];
   interrupted?: "SIGINT" | "SIGTERM";
   durationMs: number;
 }
@@ -193,6 +199,9 @@ export const args = {
   "ntfy-token": { type: "string", description: "ntfy access token, or user:password (env NTFY_TOKEN)" },
   "ntfy-required": { type: "boolean", description: "A failed notification fails the run (env NTFY_REQUIRED)" },
   "run-url": { type: "string", description: "Link to the CI run (env KFP_SYNC_RUN_URL) [built from GITHUB_* variables]" },
+  "pr-comment": { type: "boolean", description: "On a pull_request run, post the plan as one comment on the pull request, edited on every push; needs GITEA_TOKEN or GITHUB_TOKEN (env KFP_SYNC_PR_COMMENT)" },
+  config: { type: "string", description: `Schedules file: recurring runs and experiments to keep on the server (env KFP_SYNC_CONFIG) [${"kfp-sync.yaml"} when present]` },
+  "prune-schedules": { type: "boolean", description: "Delete recurring runs kfp-sync made whose schedule left the file; without it they are only reported (env KFP_SYNC_PRUNE_SCHEDULES)" },
   verbose: { type: "boolean", description: "Show full errors and each HTTP request, never its headers (env KFP_SYNC_VERBOSE)" },
   version: { type: "boolean", description: "Print the version and exit" },
   help: { type: "boolean", alias: "h", description: "Show this help" },
@@ -234,7 +243,12 @@ export interface Config {
   ntfy?: { url: string; token?: string; required: boolean };
   runUrl?: string;
   commit?: string;
+  /** Post the plan on the pull request (issue 17). */
+  prComment: boolean;
   verbose: boolean;
+  /** kfp-sync.yaml or --config/KFP_SYNC_CONFIG; undefined when there is none (no schedules stage). */
+  scheduleFile?: string;
+  pruneSchedules: boolean;
 }
 
 type Env = Record<string, string | undefined>;
@@ -468,6 +482,10 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
   }
   if (namespace && shared) throw new UsageError("--shared/KFP_SHARED and --namespace/KFP_NAMESPACE exclude each other: a pipeline is either shared or in one namespace");
 
+  const configValue = flag("config") ?? env.KFP_SYNC_CONFIG;
+  const scheduleFile = path.resolve(cwd, configValue ?? "kfp-sync.yaml");
+  if (configValue && !fs.existsSync(scheduleFile)) throw new UsageError(`--config/KFP_SYNC_CONFIG ${configValue}: no such file`);
+
   const outDir = path.resolve(cwd, flag("out-dir") ?? env.KFP_SYNC_OUT_DIR ?? ".kfp-sync");
   if (fs.existsSync(outDir) && !fs.statSync(outDir).isDirectory()) throw new UsageError(`--out-dir ${outDir} is a file, not a folder`);
 
@@ -497,7 +515,10 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     ntfy: ntfyUrl ? { url: ntfyUrl, token: ntfyToken, required: bool("ntfy-required", "NTFY_REQUIRED") } : undefined,
     runUrl: flag("run-url"),
     commit: gitCommit(env, cwd),
+    prComment: bool("pr-comment", "KFP_SYNC_PR_COMMENT"),
     verbose: bool("verbose", "KFP_SYNC_VERBOSE"),
+    scheduleFile: fs.existsSync(scheduleFile) ? scheduleFile : undefined,
+    pruneSchedules: bool("prune-schedules", "KFP_SYNC_PRUNE_SCHEDULES"),
   };
 }
 
@@ -1693,6 +1714,8 @@ function retryable(error: KfpError): boolean {
 export interface KfpApi {
   read<T>(what: string, route: string, query?: Record<string, string | undefined>): Promise<T>;
   write<T>(what: string, route: string, query: Record<string, string | undefined>, file: { name: string; text: string }): Promise<T>;
+  /** A JSON call that changes something (experiments, recurring runs): sent once, never retried here (see writeChecked). */
+  send<T>(what: string, method: "POST" | "DELETE", route: string, body?: Record<string, unknown>): Promise<T>;
   /** The server's clock as far as its Date headers tell, never ahead of it (they have whole seconds). */
   serverNow(): number;
 }
@@ -1720,7 +1743,7 @@ export function kfpClient(
   // page's 200 must not pass for the API's answer.
   // Without a Date header yet, assume the server's clock may be a second ahead of ours.
   let clockOffset = -1000;
-  const call = async (what: string, route: string, query: Record<string, string | undefined> | undefined, init: { method?: "POST"; body?: FormData; timeoutMs: number }): Promise<unknown> => {
+  const call = async (what: string, route: string, query: Record<string, string | undefined> | undefined, init: { method?: "POST" | "DELETE"; body?: FormData | Record<string, unknown>; timeoutMs: number }): Promise<unknown> => {
     const response = await $kfp.raw(`${route}${queryString(query)}`, { method: init.method, body: init.body, redirect: "manual", signal: AbortSignal.any([stop, AbortSignal.timeout(init.timeoutMs)]) });
     const data: unknown = response._data;
     const date = Date.parse(response.headers.get("date") ?? "");
@@ -1765,6 +1788,17 @@ export function kfpClient(
         throw failure;
       }
     },
+    // JSON writes for the schedules stage; like uploads, a lost answer is settled by a read, not a resend.
+    async send<T>(what: string, method: "POST" | "DELETE", route: string, body?: Record<string, unknown>): Promise<T> {
+      try {
+        return (await call(what, route, undefined, { method, body, timeoutMs: cfg.httpTimeoutMs })) as T;
+      } catch (error) {
+        if (stop.aborted) throw new KfpError(`${what}: interrupted while sending; the next sync will see whether it arrived`);
+        const failure = toKfpError(error, what, host, cfg.httpTimeoutMs);
+        if (failure.status === 502 || failure.status === 504) throw new KfpError(failure.message, failure.status, true, { cause: error });
+        throw failure;
+      }
+    },
   };
 }
 
@@ -1805,9 +1839,8 @@ function yamlNumber(text: string): number | undefined {
 }
 
 export function fingerprintOf(pipelineSpec: unknown, platformSpec: unknown): string {
-  const spec = pipelineSpec && typeof pipelineSpec === "object" ? { ...(pipelineSpec as Record<string, unknown>) } : {};
-  delete spec.sdkVersion;
-  const json = JSON.stringify(canonical({ pipeline_spec: spec, platform_spec: platformSpec ?? null }) ?? null);
+  // The diff (Spec diff, below) reads this same form.
+  const json = JSON.stringify(canonicalSpec(pipelineSpec, platformSpec));
   return createHash("sha256").update(json).digest("hex");
 }
 
@@ -1824,6 +1857,254 @@ function sameSpec(version: KfpPipelineVersion, fingerprint: string): boolean {
   const stored = FINGERPRINT_MARK.exec(version.description ?? "")?.[1];
   if (stored === fingerprint) return true;
   return version.pipeline_spec !== undefined && serverFingerprint(version.pipeline_spec) === fingerprint;
+}
+
+// ─── Spec diff (issue 17) ────────────────────────────────────────────────────────────────────────
+
+// What changed between the server's latest version and the compiled spec, read from the same
+// canonical form the fingerprint hashes: "unchanged" and "no changes" can never disagree, and the
+// server's re-marshalling (1e-4 → 0.0001, dropped zeros, the {pipeline_spec, platform_spec}
+// wrapper) is no change. Pure functions: canonical specs in, records and one-line texts out.
+
+export type ChangeKind =
+  | "new" | "parameter" | "task" | "image" | "command" | "args" | "env" | "resources" | "caching" | "retry"
+  | "control-flow" | "input" | "platform" | "other" | "unavailable";
+
+/** One change of one pipeline: a record for machines and `text`, one line for people. */
+export interface Change {
+  kind: ChangeKind;
+  /** Dotted path in the canonical {pipeline_spec, platform_spec} document. */
+  path?: string;
+  /** The task it concerns, when it concerns one. */
+  task?: string;
+  change?: "added" | "removed" | "changed";
+  before?: unknown;
+  after?: unknown;
+  text: string;
+}
+
+type CanonicalSpec = { pipeline_spec?: Record<string, any>; platform_spec?: Record<string, any> };
+
+/** The canonical document of a compiled spec (its two YAML documents) or of the server's stored one. */
+export function canonicalSpec(pipelineSpec: unknown, platformSpec: unknown): CanonicalSpec {
+  const spec = pipelineSpec && typeof pipelineSpec === "object" ? { ...(pipelineSpec as Record<string, unknown>) } : {};
+  delete spec.sdkVersion;
+  return (canonical({ pipeline_spec: spec, platform_spec: platformSpec ?? null }) ?? {}) as CanonicalSpec;
+}
+
+/** The server's stored spec: the IR, or {pipeline_spec, platform_spec} when it carried a platform spec. */
+export function canonicalServerSpec(stored: unknown): CanonicalSpec {
+  const ps = stored as Record<string, unknown> | undefined;
+  if (ps && typeof ps === "object" && "pipeline_spec" in ps && !("pipelineInfo" in ps)) return canonicalSpec(ps.pipeline_spec, ps.platform_spec);
+  return canonicalSpec(ps, undefined);
+}
+
+const MAX_VALUE_TEXT = 160;
+const SHORT_LIST = 60;
+
+/** A value as a person reads it on one line: strings bare, an env entry as NAME=value, the rest as JSON, long ones cut. */
+function valueText(value: unknown): string {
+  if (value === undefined) return "(none)";
+  const isEntry = (v: unknown): v is { name: string; value: unknown } =>
+    !!v && typeof v === "object" && typeof (v as { name?: unknown }).name === "string" && Object.keys(v).length === 2 && "value" in v;
+  const text =
+    typeof value === "string" ? value
+    : isEntry(value) ? `${value.name}=${valueText(value.value)}`
+    : Array.isArray(value) && value.length > 0 && value.every(isEntry) ? value.map(valueText).join(", ")
+    : JSON.stringify(value);
+  return text.length > MAX_VALUE_TEXT ? `${text.slice(0, MAX_VALUE_TEXT - 1)}…` : text;
+}
+
+/** Before → after; for long lists only what came and went (`+ --bf16`), which is what a reader looks for. */
+function arrowText(before: unknown, after: unknown): string {
+  const full = `${valueText(before)} → ${valueText(after)}`;
+  if (!Array.isArray(before) || !Array.isArray(after) || (JSON.stringify(before).length <= SHORT_LIST && JSON.stringify(after).length <= SHORT_LIST)) return full;
+  const keys = (list: unknown[]) => list.map((v) => JSON.stringify(v));
+  const [b, a] = [keys(before), keys(after)];
+  const added = after.filter((_, i) => !b.includes(a[i]!)).map((v) => `+ ${valueText(v)}`);
+  const removed = before.filter((_, i) => !a.includes(b[i]!)).map((v) => `- ${valueText(v)}`);
+  return added.length + removed.length > 0 ? [...removed, ...added].join(", ") : `reordered: ${full}`;
+}
+
+interface RawDiff { path: string[]; before: unknown; after: unknown }
+
+/** Leaf differences; a key present on one side only is one difference, lists are compared whole. */
+function rawDiff(a: unknown, b: unknown, at: string[] = []): RawDiff[] {
+  const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === "object" && !Array.isArray(v);
+  if (isObj(a) && isObj(b)) {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    return keys.flatMap((k) => rawDiff(a[k], b[k], [...at, k]));
+  }
+  return JSON.stringify(a) === JSON.stringify(b) ? [] : [{ path: at, before: a, after: b }];
+}
+
+const RESOURCE_NAMES: Record<string, string> = {
+  cpuLimit: "CPU limit", resourceCpuLimit: "CPU limit", cpuRequest: "CPU request", resourceCpuRequest: "CPU request",
+  memoryLimit: "memory limit", resourceMemoryLimit: "memory limit", memoryRequest: "memory request", resourceMemoryRequest: "memory request",
+};
+
+/** Executor label → the tasks that run it, in every DAG of the spec. */
+function tasksByExecutor(spec: CanonicalSpec): Map<string, string[]> {
+  const ps = spec.pipeline_spec ?? {};
+  const components: Record<string, any> = ps.components ?? {};
+  const dags = [ps.root?.dag, ...Object.values(components).map((c) => c?.dag)];
+  const byExecutor = new Map<string, string[]>();
+  for (const dag of dags) {
+    for (const [task, t] of Object.entries<any>(dag?.tasks ?? {})) {
+      const executor = components[t?.componentRef?.name]?.executorLabel;
+      if (typeof executor === "string") byExecutor.set(executor, [...(byExecutor.get(executor) ?? []), task].sort());
+    }
+  }
+  return byExecutor;
+}
+
+function parameterSummary(p: any): string {
+  const type = p?.parameterType ? ` ${p.parameterType}` : "";
+  const dflt = p && "defaultValue" in p ? ` = ${valueText(p.defaultValue)}` : "";
+  // kfp marks every parameter with a default optional: said only when that is not why.
+  return `${type}${dflt}${p?.isOptional && !dflt ? " (optional)" : ""}`;
+}
+
+/** A pipeline seen for the first time: "new", with its parameters. */
+export function newPipelineChanges(name: string, after: CanonicalSpec): Change[] {
+  const params = Object.entries<any>(after.pipeline_spec?.root?.inputDefinitions?.parameters ?? {});
+  const listed = params.map(([p, d]) => `${p}${parameterSummary(d)}`).join(", ");
+  return [{ kind: "new", change: "added", after: Object.fromEntries(params), text: `${name}: new pipeline${params.length ? `, parameters ${listed}` : ", no parameters"}` }];
+}
+
+const KIND_ORDER: ChangeKind[] = ["new", "parameter", "task", "image", "command", "args", "env", "resources", "caching", "retry", "control-flow", "input", "platform", "other", "unavailable"];
+
+/** Every change from `before` (the server's latest) to `after` (compiled), parameters first, in a stable order. */
+export function diffSpecs(name: string, before: CanonicalSpec, after: CanonicalSpec): Change[] {
+  const execTasks = new Map([...tasksByExecutor(before), ...tasksByExecutor(after)]);
+  const changes: Change[] = [];
+  const movedTasks = new Set<string>(); // tasks added or removed: their component and executor go with them
+  const diffs = rawDiff(before, after);
+  const what = (d: RawDiff): Change["change"] => (d.before === undefined ? "added" : d.after === undefined ? "removed" : "changed");
+  const arrow = (d: RawDiff) => arrowText(d.before, d.after);
+  const add = (d: RawDiff, kind: ChangeKind, text: string, task?: string) =>
+    changes.push({ kind, path: d.path.join("."), task, change: what(d), before: d.before, after: d.after, text: `${name}: ${text}` });
+  const later: RawDiff[] = [];
+  for (const d of diffs) {
+    const p = d.path;
+    const [doc, s1, s2, s3, s4] = p;
+    // root.inputDefinitions.parameters.P[.field]
+    if (doc === "pipeline_spec" && s1 === "root" && s2 === "inputDefinitions" && s3 === "parameters" && s4 !== undefined) {
+      const field = p[5];
+      if (field === undefined) add(d, "parameter", d.after === undefined ? `parameter ${s4} removed` : d.before === undefined ? `parameter ${s4} added:${parameterSummary(d.after)}` : `parameter ${s4} ${arrow(d)}`);
+      else if (field === "defaultValue") add(d, "parameter", `parameter ${s4} default ${arrow(d)}`);
+      else if (field === "parameterType") add(d, "parameter", `parameter ${s4} type ${arrow(d)}`);
+      else if (field === "isOptional") add(d, "parameter", `parameter ${s4} optional ${d.before ? "yes" : "no"} → ${d.after ? "yes" : "no"}`);
+      else add(d, "parameter", `parameter ${s4} ${p.slice(5).join(".")} ${arrow(d)}`);
+      continue;
+    }
+    // Tasks of the root DAG or of a sub-DAG (conditions, loops, exit handlers are sub-DAGs).
+    const dagAt = doc === "pipeline_spec" && s1 === "root" && s2 === "dag" && s3 === "tasks" ? 4 : doc === "pipeline_spec" && s1 === "components" && p[3] === "dag" && p[4] === "tasks" ? 5 : -1;
+    if (dagAt > 0 && p[dagAt] !== undefined) {
+      const task = p[dagAt]!;
+      const where = dagAt === 5 ? ` (in ${s2!.replace(/^comp-/, "")})` : "";
+      const rest = p.slice(dagAt + 1);
+      if (rest.length === 0) {
+        if (d.before === undefined || d.after === undefined) movedTasks.add(task);
+        add(d, "task", `task ${task} ${d.before === undefined ? "added" : d.after === undefined ? "removed" : arrow(d)}${where}`, task);
+      } else if (rest[0] === "cachingOptions") add(d, "caching", `task ${task} caching ${d.before ? "on" : "off"} → ${d.after ? "on" : "off"}`, task);
+      else if (rest[0] === "retryPolicy") add(d, "retry", `task ${task} retry ${rest.slice(1).join(".") || "policy"} ${arrow(d)}`, task);
+      else if (rest[0] === "triggerPolicy" && rest[1] === "condition") add(d, "control-flow", `task ${task} condition ${arrow(d)}`, task);
+      else if (rest[0] === "triggerPolicy" && rest[1] === "strategy") add(d, "control-flow", `task ${task} exit handler trigger ${arrow(d)}`, task);
+      else if (rest[0] === "parameterIterator" || rest[0] === "artifactIterator" || rest[0] === "iteratorPolicy") add(d, "control-flow", `task ${task} loop ${rest.join(".")} ${arrow(d)}`, task);
+      else if (rest[0] === "inputs" && rest[2] !== undefined) add(d, "input", `task ${task} input ${rest[2]} ${arrow(d)}`, task);
+      else add(d, "other", `task ${task} ${rest.join(".")} ${arrow(d)}`, task);
+      continue;
+    }
+    later.push(d);
+  }
+  for (const d of later) {
+    const p = d.path;
+    const executor = p[0] === "pipeline_spec" && p[1] === "deploymentSpec" && p[2] === "executors" ? p[3] : p[0] === "platform_spec" && p[1] === "platforms" && p[3] === "deploymentSpec" && p[4] === "executors" ? p[5] : undefined;
+    const tasks = executor ? (execTasks.get(executor) ?? []) : [];
+    const who = executor ? (tasks.length ? `task ${tasks.join(", ")}` : `executor ${executor}`) : "";
+    const whole = (executor && p.length === (p[0] === "pipeline_spec" ? 4 : 6)) || (p[1] === "components" && p.length === 3);
+    if (whole && (d.before === undefined || d.after === undefined)) {
+      // A component or executor that comes or goes with its tasks is said by "task … added/removed".
+      const compTasks = p[1] === "components" ? tasksOfComponent(before, after, p[2]!) : tasks;
+      if (compTasks.length > 0 && compTasks.every((t) => movedTasks.has(t))) continue;
+    }
+    if (executor && p[0] === "pipeline_spec") {
+      const field = p[5];
+      const task = tasks[0];
+      if (p[4] === "container" && field === "image") add(d, "image", `${who} image ${imageArrow(d.before, d.after)}`, task);
+      else if (p[4] === "container" && (field === "command" || field === "args" || field === "env")) add(d, field, `${who} ${field} ${arrow(d)}`, task);
+      else if (p[4] === "container" && field === "resources") {
+        const r = p.slice(6);
+        // kfp 2.17 writes each limit twice, as the old number (cpuLimit: 2.0) and the new text
+        // (resourceCpuLimit: "2"): the new one is said, the old one only where it stands alone.
+        const sides = [before, after].map((side) => valueAt(side, p.slice(0, r[0] === "accelerator" ? 7 : 6)) as Record<string, unknown> | undefined);
+        const newer = r[0] === "accelerator" ? { count: "resourceCount", type: "resourceType" }[r[1] ?? ""] : `resource${(r[0] ?? "").charAt(0).toUpperCase()}${(r[0] ?? "").slice(1)}`;
+        if (newer && r.length === (r[0] === "accelerator" ? 2 : 1) && sides.some((o) => o && typeof o === "object" && newer in o)) continue;
+        const label = r[0] === "accelerator" ? `accelerator ${r[1] === "count" || r[1] === "resourceCount" ? "count" : r[1] === "type" || r[1] === "resourceType" ? "type" : r.slice(1).join(".") || ""}`.trim() : (RESOURCE_NAMES[r[0] ?? ""] ?? (r.join(".") || "resources"));
+        add(d, "resources", `${who} ${label} ${arrow(d)}`, task);
+      } else add(d, "other", `${who} ${p.slice(4).join(".") || "executor"} ${arrow(d)}`, task);
+      continue;
+    }
+    if (p[0] === "platform_spec") {
+      const detail = executor ? p.slice(6).join(".") : p.slice(1).join(".");
+      add(d, "platform", `${executor ? `${who} ` : ""}${p[2] ?? "platform"} ${detail || "config"} ${arrow(d)}`.replace(/\s+/g, " "), tasks[0]);
+      continue;
+    }
+    add(d, "other", `${p.join(".")} ${arrow(d)}`);
+  }
+  return changes.map((c, i) => ({ c, i })).sort((x, y) => KIND_ORDER.indexOf(x.c.kind) - KIND_ORDER.indexOf(y.c.kind) || x.i - y.i).map(({ c }) => c);
+}
+
+function valueAt(doc: unknown, at: string[]): unknown {
+  return at.reduce<unknown>((v, k) => (v && typeof v === "object" ? (v as Record<string, unknown>)[k] : undefined), doc);
+}
+
+/** The tasks that use a component, on either side. */
+function tasksOfComponent(before: CanonicalSpec, after: CanonicalSpec, component: string): string[] {
+  const found: string[] = [];
+  for (const spec of [before, after]) {
+    const ps = spec.pipeline_spec ?? {};
+    const dags = [ps.root?.dag, ...Object.values<any>(ps.components ?? {}).map((c) => c?.dag)];
+    for (const dag of dags) for (const [task, t] of Object.entries<any>(dag?.tasks ?? {})) if (t?.componentRef?.name === component) found.push(task);
+  }
+  return found;
+}
+
+/** `vllm/vllm-openai:v0.5.4 → v0.6.1`: the repository said once when only the tag moved. */
+function imageArrow(before: unknown, after: unknown): string {
+  if (typeof before === "string" && typeof after === "string") {
+    const at = (s: string) => s.search(/[:@][^/:@]*$/);
+    const [i, j] = [at(before), at(after)];
+    if (i > 0 && j > 0 && before.slice(0, i) === after.slice(0, j)) return `${before} → ${after.slice(j + 1)}`;
+  }
+  return `${valueText(before)} → ${valueText(after)}`;
+}
+
+/** The first `max` change texts, then "and N more changes": for the places with little room. */
+export function changeLines(changes: Change[], max: number): string[] {
+  const lines = changes.slice(0, max).map((c) => c.text);
+  return changes.length > max ? [...lines, `and ${changes.length - max} more change${changes.length - max === 1 ? "" : "s"}`] : lines;
+}
+
+/** A new version's description: its changes, which fitDescription cuts further to the request line's limit. */
+export function changesDescription(changes: Change[]): string | undefined {
+  return changes.length > 0 ? ["Changes:", ...changeLines(changes, 40).map((line) => `- ${line}`)].join("\n") : undefined;
+}
+
+/** The changes a sync of `compiledYaml` makes to `name`, against the server's latest stored spec (none: a new pipeline). */
+export function changesOf(name: string, compiledYaml: string, latest: { pipeline_spec?: unknown } | undefined): Change[] {
+  try {
+    const docs = YAML.parseAllDocuments(compiledYaml).map((d) => d.toJS() as unknown);
+    const after = canonicalSpec(docs[0], docs[1]);
+    if (!latest) return newPipelineChanges(name, after);
+    if (!latest.pipeline_spec || typeof latest.pipeline_spec !== "object") {
+      return [{ kind: "unavailable", text: `${name}: changes not available: the server's latest version carries no readable spec` }];
+    }
+    return diffSpecs(name, canonicalServerSpec(latest.pipeline_spec), after);
+  } catch (error) {
+    return [{ kind: "unavailable", text: `${name}: changes not available: ${(error as Error).message.split("\n")[0]}` }];
+  }
 }
 
 /** `document_ingestion_pipeline.py` → `document-ingestion-pipeline`. */
@@ -2041,10 +2322,13 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
   };
 
   let plan = await planUpload(ctx, name, fingerprint);
+  const planned = plan;
+  // A pipeline without versions is as good as new: nothing to compare with.
+  const changes = plan.kind === "unchanged" ? [] : changesOf(name, spec.yaml, plan.kind === "version" ? plan.newest[0] : undefined);
   if (ctx.dryRun) {
-    if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), state: undefined, plan: "unchanged" };
+    if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), state: undefined, plan: "unchanged", changes };
     const pipelineId = plan.kind === "version" ? plan.pipeline.pipeline_id : undefined;
-    return { pipelineName: name, pipelineId, url: linkTo(ctx, pipelineId), plan: plan.kind };
+    return { pipelineName: name, pipelineId, url: linkTo(ctx, pipelineId), plan: plan.kind, changes };
   }
 
   if (plan.kind === "create") {
@@ -2058,17 +2342,20 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
         return existing && { existing, ours: error.answerLost || sent > 1 };
       },
     );
-    if ("created" in result) return done("created", result.created, (await newestVersions(ctx, result.created).catch(() => []))[0]);
+    if ("created" in result) return { ...done("created", result.created, (await newestVersions(ctx, result.created).catch(() => []))[0]), changes };
     const newest = await newestVersions(ctx, result.existing);
     const same = newest.find((v) => sameSpec(v, fingerprint));
     if (same) return done(result.ours ? "created" : "unchanged", result.existing, same);
     plan = { kind: "version", pipeline: result.existing, newest };
   }
-  if (plan.kind === "unchanged") return done("unchanged", plan.pipeline, plan.version);
+  if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), changes: [] };
 
   const pipeline = plan.pipeline;
+  // Raced into "version" by a create that lost (409): the diff is against what the other sync made.
+  const versionChanges = plan === planned ? changes : changesOf(name, spec.yaml, plan.newest[0]);
   await outlastNewest(ctx, plan.newest);
-  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description: fitDescription(undefined, description, ctx.warn), tags: tagsOf(ctx) };
+  // The KFP UI shows a version's description: it says why the version exists (issue 17).
+  const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description: fitDescription(changesDescription(versionChanges), description, ctx.warn), tags: tagsOf(ctx) };
   const what = `add version ${ctx.versionTag} to ${name}`;
   const result = await writeChecked(
     async () => ({ version: mustCarry(what, await write<KfpPipelineVersion>(what, "/pipelines/upload_version", query), "pipeline_version_id", "a created version", false) }),
@@ -2082,8 +2369,8 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
       return undefined;
     },
   );
-  if ("version" in result) return done("versioned", pipeline, result.version);
-  return done(result.ours ? "versioned" : "unchanged", pipeline, result.settled);
+  if ("version" in result) return { ...done("versioned", pipeline, result.version), changes: versionChanges };
+  return { ...done(result.ours ? "versioned" : "unchanged", pipeline, result.settled), changes: result.ours ? versionChanges : [] };
 }
 
 /**
@@ -2205,6 +2492,8 @@ export interface UploadRecord {
 export interface UploadRun {
   server?: Summary["server"];
   uploads: UploadRecord[];
+  /** The KFP client, for the stages after this one (one client per peer). */
+  api?: KfpApi;
 }
 
 /** The log's words for a machine value of `plan`. */
@@ -2292,14 +2581,670 @@ async function uploadStage(compiled: CompileRun, cfg: Config, run: RunContext): 
   const clashing = new Set(uploads.map((u) => u.file));
   const record = (spec: CompiledSpec, outcome: UploadOutcome, ms: number) => {
     uploads.push({ file: spec.file, outcome, ms });
-    const { pipelineName: name, state, plan, versionName, problem } = outcome;
+    const { pipelineName: name, state, plan, versionName, problem, changes } = outcome;
     if (problem) log.error(`${shown(name)}: ${problem.message}`);
     else log.success(`${shown(name)}: ${plan ? PLAN_WORDS[plan] : state}${versionName ? ` (${versionName})` : ""}`);
+    for (const change of problem ? [] : (changes ?? [])) log.log(`  ${shown(change.text)}`);
   };
   await uploadAll(ctx, named.filter((n) => !clashing.has(n.spec.file)), UPLOAD_CONCURRENCY, record, () => run.stopped);
   // A read answered by a login page or a web page: a setup mistake found before writing (exit 2).
   if (ctx.halt?.error?.notKfp && ctx.halt.error.onRead) throw new UsageError(ctx.halt.error.message, { cause: ctx.halt.error });
-  return { server, uploads };
+  return { server, uploads, api };
+}
+
+// ─── 3b. Schedules ───────────────────────────────────────────────────────────────────────────────
+
+// Recurring runs and experiments declared in kfp-sync.yaml (issue 18). KFP has no update for a
+// recurring run (kubeflow/pipelines#3789), so a changed one is replaced: create the new one
+// disabled, disable the old, enable the new, delete the old. Ownership is a marker in the
+// description; runs without it are never touched.
+
+export const SCHEDULE_FILE = "kfp-sync.yaml";
+const SCHEDULE_MARK = /kfp-sync schedule (\S+) sha256:([0-9a-f]{64})/;
+const SCHEDULE_KEYS = new Set(["pipeline", "name", "experiment", "cron", "every", "parameters", "version", "max_concurrency", "catchup", "enabled"]);
+// api/v2beta1 recurring_run.proto validation (contract create-recurring-run-max-concurrency-11).
+const MAX_CONCURRENCY = 10;
+
+/** One schedule as declared in kfp-sync.yaml, checked. */
+export interface ScheduleEntry {
+  pipeline: string;
+  name: string;
+  experiment: string;
+  cron?: string;
+  everySeconds?: number;
+  parameters: Record<string, unknown>;
+  version: "latest" | "pinned";
+  maxConcurrency: number;
+  catchup: boolean;
+  enabled: boolean;
+  /** `kfp-sync.yaml:LINE`, for messages and the description. */
+  where: string;
+}
+
+export type ScheduleAction = "created" | "replaced" | "unchanged" | "orphaned" | "deleted" | "skipped" | "failed";
+
+/** What the schedules stage decided (dry run) or did for one declared schedule or one owned run. */
+export interface ScheduleOutcome {
+  pipeline: string;
+  name: string;
+  /** `kfp-sync.yaml:LINE` of the entry; absent for an orphaned run. */
+  where?: string;
+  action?: ScheduleAction;
+  /** In a dry run with a host. */
+  plan?: "would create" | "would replace" | "unchanged" | "orphaned" | "would delete";
+  recurringRunId?: string;
+  experimentId?: string;
+  /** After a failed replace: what state the old and the new recurring run were left in. */
+  state?: { old?: string; new?: string };
+  /** Why it was skipped or left, for people. */
+  message?: string;
+  error?: Problem;
+}
+
+/** A 5-field cron as a person means it, and what KFP's controller reads instead. */
+const CRON_FIELDS = [
+  { name: "second", min: 0, max: 59 },
+  { name: "minute", min: 0, max: 59 },
+  { name: "hour", min: 0, max: 23 },
+  { name: "day-of-month", min: 1, max: 31 },
+  { name: "month", min: 1, max: 12, names: ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"] },
+  { name: "day-of-week", min: 0, max: 6, names: ["sun", "mon", "tue", "wed", "thu", "fri", "sat"] },
+];
+
+/**
+ * Whether KFP runs this cron as written. Its scheduled-workflow controller parses with robfig/cron
+ * v1 `cron.Parse` (backend/src/crd/controller/scheduledworkflow/util/cron_schedule.go): the SECOND
+ * comes first and day-of-week is optional. So the API accepts "0 2 * * *", and the controller runs
+ * it at second 0 of minute 2 of every hour, not at 02:00. Only six fields are taken.
+ */
+export function cronProblem(cron: string): string | undefined {
+  const fields = cron.trim().split(/\s+/).filter(Boolean);
+  if (cron.trim().startsWith("@")) return `cron "${cron}": write six fields (second minute hour day-of-month month day-of-week), or use every: for an interval`;
+  if (fields.length === 5) {
+    const read = fields.map((f, i) => `${CRON_FIELDS[i]!.name} ${f}`).join(", ");
+    return `cron "${cron}" has 5 fields, and KFP reads cron with seconds first (robfig/cron v1): it would run at ${read}, any day-of-week — not the crontab meaning. For minute ${fields[0]} of hour ${fields[1]} write "0 ${cron}" (second minute hour day-of-month month day-of-week)`;
+  }
+  if (fields.length !== 6) return `cron "${cron}" has ${fields.length} field${fields.length === 1 ? "" : "s"}; KFP takes six: second minute hour day-of-month month day-of-week, e.g. "0 0 2 * * *" for 02:00 every day`;
+  for (let i = 0; i < 6; i++) {
+    const spec = CRON_FIELDS[i]!;
+    const value = (text: string) => {
+      const at = spec.names?.indexOf(text.toLowerCase()) ?? -1;
+      const n = at >= 0 ? at + (spec.name === "month" ? 1 : 0) : /^\d+$/.test(text) ? Number(text) : NaN;
+      return n >= spec.min && n <= spec.max ? n : undefined;
+    };
+    for (const part of fields[i]!.split(",")) {
+      const m = /^(\*|\?|[A-Za-z0-9]+)(?:-([A-Za-z0-9]+))?(?:\/(\d+))?$/.exec(part);
+      const bad = !m || (m[1] !== "*" && m[1] !== "?" && value(m[1]!) === undefined) || (m[2] !== undefined && (value(m[2]) === undefined || (m[1] === "*" || m[1] === "?"))) || (m[3] !== undefined && Number(m[3]) < 1);
+      if (bad) return `cron "${cron}": ${spec.name} "${part}" is not a value, range or step within ${spec.min}–${spec.max}${spec.names ? ` (or ${spec.names[0]}–${spec.names.at(-1)})` : ""}`;
+    }
+  }
+  return undefined;
+}
+
+/** `every: 6h`, `90m`, `1d12h`, `30s` → seconds. */
+export function everySeconds(text: string): number | undefined {
+  const m = /^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$/.exec(text.trim());
+  if (!m || text.trim() === "") return undefined;
+  const seconds = Number(m[1] ?? 0) * 86400 + Number(m[2] ?? 0) * 3600 + Number(m[3] ?? 0) * 60 + Number(m[4] ?? 0);
+  return seconds > 0 ? seconds : undefined;
+}
+
+export interface ScheduleFile {
+  /** As the user sees it (relative to the working directory when inside it). */
+  path: string;
+  entries: ScheduleEntry[];
+  /** Entries refused as written, each with its line. */
+  refused: ScheduleOutcome[];
+}
+
+/** Read and check kfp-sync.yaml as far as it can be checked without the compiled pipelines. */
+export function readScheduleFile(file: string, cwd: string): ScheduleFile {
+  const shownPath = path.relative(cwd, file).startsWith("..") ? file : path.relative(cwd, file);
+  const lines = new YAML.LineCounter();
+  const doc = YAML.parseDocument(fs.readFileSync(file, "utf8"), { lineCounter: lines, uniqueKeys: true });
+  const at = (node: unknown) => `${shownPath}:${lines.linePos((node as { range?: [number] })?.range?.[0] ?? 0).line}`;
+  const fileWide = (message: string): ScheduleFile => ({ path: shownPath, entries: [], refused: [{ pipeline: "", name: "", where: at(doc.contents), action: "failed", error: { stage: "schedule", file: shownPath, message } }] });
+  if (doc.errors.length > 0) return fileWide(`not valid YAML: ${doc.errors[0]!.message.split("\n")[0]}`);
+  const schedules = YAML.isMap(doc.contents) ? doc.contents.get("schedules", true) : undefined;
+  if (schedules === undefined || schedules === null || (YAML.isScalar(schedules) && schedules.value === null)) {
+    return YAML.isMap(doc.contents) || doc.contents === null ? { path: shownPath, entries: [], refused: [] } : fileWide("expected a mapping with a schedules: list");
+  }
+  if (!YAML.isSeq(schedules)) return fileWide("schedules: must be a list of schedules");
+  const entries: ScheduleEntry[] = [];
+  const refused: ScheduleOutcome[] = [];
+  const seen = new Map<string, string>();
+  for (const item of schedules.items) {
+    const where = at(item);
+    const raw = (YAML.isMap(item) ? item.toJSON() : undefined) as Record<string, unknown> | undefined;
+    const pipeline = typeof raw?.pipeline === "string" ? raw.pipeline : "";
+    const name = typeof raw?.name === "string" ? raw.name : "";
+    const refuse = (message: string) => {
+      refused.push({ pipeline, name, where, action: "failed", error: { stage: "schedule", file: shownPath, line: Number(where.split(":").at(-1)), message: `${where}: ${message}` } });
+    };
+    if (!raw) {
+      refuse("each schedule is a mapping (pipeline:, name:, cron: or every:, …)");
+      continue;
+    }
+    const unknown = Object.keys(raw).filter((k) => !SCHEDULE_KEYS.has(k));
+    if (unknown.length > 0) {
+      refuse(`unknown key${unknown.length > 1 ? "s" : ""} ${unknown.join(", ")}: a schedule takes ${[...SCHEDULE_KEYS].join(", ")}`);
+      continue;
+    }
+    if (!pipeline) {
+      refuse("pipeline: is required: the pipeline's name as in the summary");
+      continue;
+    }
+    if (!name || name.trim() !== name) {
+      refuse("name: is required (a text without leading or trailing spaces): it becomes the recurring run's display name");
+      continue;
+    }
+    const key = `${pipeline}/${name}`;
+    if (seen.has(key)) {
+      refuse(`a second schedule named "${name}" for pipeline ${pipeline} (the first is at ${seen.get(key)}): names are unique per pipeline`);
+      continue;
+    }
+    seen.set(key, where);
+    if ((raw.cron === undefined) === (raw.every === undefined)) {
+      refuse(raw.cron === undefined ? "give cron: or every: (when it runs)" : "give cron: or every:, not both");
+      continue;
+    }
+    if (raw.cron !== undefined && typeof raw.cron !== "string") {
+      refuse(`cron: must be a quoted text such as "0 0 2 * * *"`);
+      continue;
+    }
+    const cronIssue = typeof raw.cron === "string" ? cronProblem(raw.cron) : undefined;
+    if (cronIssue) {
+      refuse(cronIssue);
+      continue;
+    }
+    const every = raw.every === undefined ? undefined : everySeconds(String(raw.every));
+    if (raw.every !== undefined && every === undefined) {
+      refuse(`every: "${String(raw.every)}" is not an interval such as 30m, 6h or 1d`);
+      continue;
+    }
+    const version = raw.version ?? "latest";
+    if (version !== "latest" && version !== "pinned") {
+      refuse(`version: takes latest (always the newest version) or pinned (the version of this run), got ${JSON.stringify(version)}`);
+      continue;
+    }
+    const maxConcurrency = raw.max_concurrency ?? 1;
+    if (typeof maxConcurrency !== "number" || !Number.isInteger(maxConcurrency) || maxConcurrency < 1 || maxConcurrency > MAX_CONCURRENCY) {
+      refuse(`max_concurrency: must be a whole number from 1 to ${MAX_CONCURRENCY} (the server's range), got ${JSON.stringify(maxConcurrency)}`);
+      continue;
+    }
+    const flag = (key: string, fallback: boolean) => (raw[key] === undefined ? fallback : raw[key]);
+    const catchup = flag("catchup", false);
+    const enabled = flag("enabled", true);
+    if (typeof catchup !== "boolean" || typeof enabled !== "boolean") {
+      refuse(`${typeof catchup !== "boolean" ? "catchup" : "enabled"}: must be true or false`);
+      continue;
+    }
+    const parameters = raw.parameters ?? {};
+    if (typeof parameters !== "object" || Array.isArray(parameters) || parameters === null) {
+      refuse("parameters: must be a mapping of parameter name to value");
+      continue;
+    }
+    const experiment = raw.experiment ?? "Default";
+    if (typeof experiment !== "string" || experiment.trim() === "") {
+      refuse("experiment: must be a name");
+      continue;
+    }
+    entries.push({ pipeline, name, experiment, cron: raw.cron as string | undefined, everySeconds: every, parameters: parameters as Record<string, unknown>, version, maxConcurrency, catchup, enabled, where });
+  }
+  return { path: shownPath, entries, refused };
+}
+
+/** The pipeline's own inputs, from the compiled IR, for checking a schedule's parameters. */
+interface PipelineInput {
+  type: string;
+  required: boolean;
+}
+
+export function pipelineInputs(specYaml: string): Map<string, PipelineInput> {
+  const ir = YAML.parseAllDocuments(specYaml)[0]?.toJS() as { root?: { inputDefinitions?: { parameters?: Record<string, { parameterType?: string; isOptional?: boolean; defaultValue?: unknown }> } } } | undefined;
+  const inputs = new Map<string, PipelineInput>();
+  for (const [name, p] of Object.entries(ir?.root?.inputDefinitions?.parameters ?? {})) {
+    inputs.set(name, { type: p.parameterType ?? "STRING", required: !p.isOptional && p.defaultValue === undefined });
+  }
+  return inputs;
+}
+
+const PARAMETER_TYPES: Record<string, [string, (v: unknown) => boolean]> = {
+  STRING: ["a text", (v) => typeof v === "string"],
+  NUMBER_INTEGER: ["a whole number", (v) => typeof v === "number" && Number.isInteger(v)],
+  NUMBER_DOUBLE: ["a number", (v) => typeof v === "number"],
+  BOOLEAN: ["true or false", (v) => typeof v === "boolean"],
+  LIST: ["a list", (v) => Array.isArray(v)],
+  STRUCT: ["a mapping", (v) => typeof v === "object" && v !== null && !Array.isArray(v)],
+};
+
+/** What is wrong with a schedule's parameters for this pipeline, or undefined. */
+export function parameterProblem(entry: ScheduleEntry, inputs: Map<string, PipelineInput>): string | undefined {
+  for (const [name, value] of Object.entries(entry.parameters)) {
+    const input = inputs.get(name);
+    if (!input) return `parameter ${name} is not an input of pipeline ${entry.pipeline} (its inputs: ${[...inputs.keys()].join(", ") || "none"})`;
+    const [what, fits] = PARAMETER_TYPES[input.type] ?? ["", () => true];
+    if (!fits(value)) return `parameter ${name} of pipeline ${entry.pipeline} is ${input.type}: give ${what}, not ${JSON.stringify(value)}`;
+  }
+  const missing = [...inputs].filter(([name, input]) => input.required && !(name in entry.parameters)).map(([name]) => name);
+  if (missing.length > 0) return `pipeline ${entry.pipeline} needs parameter${missing.length > 1 ? "s" : ""} ${missing.join(", ")} (no default): add ${missing.length > 1 ? "them" : "it"} under parameters:`;
+  return undefined;
+}
+
+function sortedJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(sortedJson).join(",")}]`;
+  if (value && typeof value === "object") return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${sortedJson((value as Record<string, unknown>)[k])}`).join(",")}}`;
+  return JSON.stringify(value);
+}
+
+/** The hash of the declared form: what "unchanged" compares (a pinned run's version is compared on its own). */
+export function scheduleHash(entry: ScheduleEntry): string {
+  const { where: _where, ...declared } = entry;
+  return createHash("sha256").update(sortedJson(declared)).digest("hex");
+}
+
+function scheduleKey(pipeline: string, name: string): string {
+  return `${pipeline}/${encodeURIComponent(name)}`;
+}
+
+export interface KfpExperiment {
+  experiment_id: string;
+  display_name?: string;
+  namespace?: string;
+  storage_state?: string;
+}
+
+export interface KfpRecurringRun {
+  recurring_run_id: string;
+  display_name?: string;
+  description?: string;
+  pipeline_version_reference?: { pipeline_id?: string; pipeline_version_id?: string };
+  status?: string;
+  mode?: string;
+  experiment_id?: string;
+  namespace?: string;
+}
+
+/** What the schedules stage knows of each pipeline of this run. */
+export interface ScheduledPipeline {
+  pipelineId?: string;
+  versionId?: string;
+  /** The YAML this run compiled, for the parameter check. */
+  specYaml: string;
+  /** Why its schedules are left as they are (it failed in this run). */
+  failed?: string;
+}
+
+export interface ScheduleContext {
+  api?: KfpApi;
+  namespace?: string;
+  multiUser?: boolean;
+  dryRun: boolean;
+  prune: boolean;
+  uiUrl?: string;
+  /** Set by writeChecked's settle reads to tell our own create apart. */
+  nonce: () => string;
+  log: { info(msg: string): void; warn(msg: string): void };
+}
+
+type SchedulePlan =
+  | { kind: "create"; experiment?: KfpExperiment }
+  | { kind: "unchanged"; experiment?: KfpExperiment; run: KfpRecurringRun }
+  | { kind: "replace"; experiment?: KfpExperiment; run: KfpRecurringRun };
+
+async function ownedRecurringRuns(ctx: ScheduleContext): Promise<KfpRecurringRun[]> {
+  const what = "list recurring runs";
+  const owned: KfpRecurringRun[] = [];
+  let pageToken: string | undefined;
+  for (;;) {
+    // Multi-user servers list only by namespace or experiment (contract mu-list-recurring-runs-no-namespace).
+    const page = await ctx.api!.read<{ recurringRuns?: KfpRecurringRun[]; next_page_token?: string }>(what, "/recurringruns", { namespace: ctx.multiUser ? ctx.namespace : undefined, page_size: "100", page_token: pageToken });
+    for (const run of page.recurringRuns ?? []) {
+      mustCarry(what, run, "recurring_run_id", "a recurring run");
+      if (SCHEDULE_MARK.test(run.description ?? "")) owned.push(run);
+    }
+    if (!page.next_page_token) return owned;
+    pageToken = page.next_page_token;
+  }
+}
+
+async function findExperiment(ctx: ScheduleContext, name: string): Promise<KfpExperiment | undefined> {
+  const filter = JSON.stringify({ predicates: [{ key: "display_name", operation: "EQUALS", string_value: name }] });
+  const page = await ctx.api!.read<{ experiments?: KfpExperiment[] }>(`look up experiment ${name}`, "/experiments", { filter, namespace: ctx.namespace, page_size: "10" });
+  const found = (page.experiments ?? []).find((e) => e.display_name === name);
+  return found && mustCarry(`look up experiment ${name}`, found, "experiment_id", "an experiment");
+}
+
+/** The experiment, created when missing and unarchived when archived. */
+async function ensureExperiment(ctx: ScheduleContext, name: string, known?: KfpExperiment): Promise<KfpExperiment> {
+  let experiment = known;
+  if (!experiment) {
+    const what = `create experiment ${name}`;
+    experiment = await writeChecked(
+      async () => mustCarry(what, await ctx.api!.send<KfpExperiment>(what, "POST", "/experiments", { display_name: name, ...(ctx.namespace ? { namespace: ctx.namespace } : {}) }), "experiment_id", "a created experiment", false),
+      () => findExperiment(ctx, name), // 409: another sync made it; a lost answer: ours may have
+    );
+    ctx.log.info(`experiment ${shown(name)}: created`);
+  }
+  if (experiment.storage_state === "ARCHIVED") {
+    const what = `unarchive experiment ${name}`;
+    const id = encodeURIComponent(experiment.experiment_id);
+    await writeChecked(
+      () => ctx.api!.send(what, "POST", `/experiments/${id}:unarchive`),
+      async () => ((await ctx.api!.read<KfpExperiment>(what, `/experiments/${id}`)).storage_state === "AVAILABLE" ? {} : undefined),
+    );
+    ctx.log.info(`experiment ${shown(name)}: unarchived`);
+  }
+  return experiment;
+}
+
+/** Is this owned run the declared schedule, as the pipeline now stands? */
+function isCurrent(run: KfpRecurringRun, entry: ScheduleEntry, pipeline: ScheduledPipeline): boolean {
+  if (SCHEDULE_MARK.exec(run.description ?? "")?.[2] !== scheduleHash(entry)) return false;
+  const reference = run.pipeline_version_reference ?? {};
+  if (reference.pipeline_id !== pipeline.pipelineId) return false;
+  // pinned: the version of this run; latest: no version, so a new version needs no change.
+  if (entry.version === "pinned" ? reference.pipeline_version_id !== pipeline.versionId : !!reference.pipeline_version_id) return false;
+  return (run.status === "ENABLED") === entry.enabled;
+}
+
+function recurringRunBody(ctx: ScheduleContext, entry: ScheduleEntry, pipeline: ScheduledPipeline, experimentId: string, nonce: string, mode?: "ENABLE"): Record<string, unknown> {
+  return {
+    display_name: entry.name,
+    description: `Scheduled by kfp-sync from ${entry.where} · kfp-sync schedule ${scheduleKey(entry.pipeline, entry.name)} sha256:${scheduleHash(entry)} · ${nonce}`,
+    pipeline_version_reference: { pipeline_id: pipeline.pipelineId, ...(entry.version === "pinned" ? { pipeline_version_id: pipeline.versionId } : {}) },
+    runtime_config: { parameters: entry.parameters },
+    // int64 travels as a JSON string (contract create-recurring-run-cron6).
+    max_concurrency: String(entry.maxConcurrency),
+    no_catchup: !entry.catchup,
+    trigger: entry.cron ? { cron_schedule: { cron: entry.cron } } : { periodic_schedule: { interval_second: String(entry.everySeconds) } },
+    experiment_id: experimentId,
+    ...(ctx.namespace ? { namespace: ctx.namespace } : {}),
+    // Without mode the server creates it disabled (contract create-recurring-run-periodic-latest).
+    ...(mode ? { mode } : {}),
+  };
+}
+
+async function createRecurringRun(ctx: ScheduleContext, entry: ScheduleEntry, pipeline: ScheduledPipeline, experimentId: string, mode?: "ENABLE"): Promise<KfpRecurringRun> {
+  const what = `create recurring run ${entry.name} of ${entry.pipeline}`;
+  const nonce = ctx.nonce();
+  return writeChecked(
+    async () => mustCarry(what, await ctx.api!.send<KfpRecurringRun>(what, "POST", "/recurringruns", recurringRunBody(ctx, entry, pipeline, experimentId, nonce, mode)), "recurring_run_id", "a created recurring run", false),
+    // A lost answer: ours arrived when a run carries this create's nonce.
+    async () => (await ownedRecurringRuns(ctx)).find((r) => r.description?.endsWith(` · ${nonce}`)),
+  );
+}
+
+async function setEnabled(ctx: ScheduleContext, run: KfpRecurringRun, enabled: boolean): Promise<void> {
+  const verb = enabled ? "enable" : "disable";
+  const what = `${verb} recurring run ${run.display_name ?? ""} (${run.recurring_run_id})`;
+  const id = encodeURIComponent(run.recurring_run_id);
+  await writeChecked(
+    () => ctx.api!.send(what, "POST", `/recurringruns/${id}:${verb}`),
+    async () => ((await ctx.api!.read<KfpRecurringRun>(what, `/recurringruns/${id}`)).status === (enabled ? "ENABLED" : "DISABLED") ? {} : undefined),
+  );
+}
+
+async function deleteRecurringRun(ctx: ScheduleContext, run: KfpRecurringRun): Promise<void> {
+  const what = `delete recurring run ${run.display_name ?? ""} (${run.recurring_run_id})`;
+  const id = encodeURIComponent(run.recurring_run_id);
+  await writeChecked(
+    () => ctx.api!.send(what, "DELETE", `/recurringruns/${id}`),
+    () =>
+      ctx.api!.read(what, `/recurringruns/${id}`).then(
+        () => undefined,
+        (error: unknown) => {
+          if (error instanceof KfpError && error.status === 404 && !error.notKfp) return {};
+          throw error;
+        },
+      ),
+  );
+}
+
+const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error));
+
+/**
+ * Replace `old` by the declared schedule without a moment with two enabled, or none when the
+ * new one cannot be made: a failure at any step leaves the old as it was and removes the new.
+ */
+async function replaceRecurringRun(ctx: ScheduleContext, entry: ScheduleEntry, pipeline: ScheduledPipeline, experimentId: string, old: KfpRecurringRun): Promise<Pick<ScheduleOutcome, "action" | "recurringRunId" | "state" | "message"> & { failure?: string }> {
+  const oldWasEnabled = old.status === "ENABLED";
+  const oldState = oldWasEnabled ? "enabled" : "disabled";
+  let created: KfpRecurringRun;
+  try {
+    created = await createRecurringRun(ctx, entry, pipeline, experimentId);
+  } catch (error) {
+    return { action: "failed", recurringRunId: old.recurring_run_id, state: { old: `${oldState}, unchanged` }, failure: `replace: ${messageOf(error)}; the old recurring run ${old.recurring_run_id} is left as it was` };
+  }
+  const undo = async (step: string, error: unknown, reenableOld: boolean) => {
+    const state: NonNullable<ScheduleOutcome["state"]> = {};
+    let oldNote = "";
+    if (reenableOld) {
+      try {
+        await setEnabled(ctx, old, true);
+        state.old = "enabled again";
+      } catch (again) {
+        state.old = "DISABLED";
+        oldNote = `; re-enabling the old one failed too (${messageOf(again)}): enable ${old.recurring_run_id} by hand`;
+      }
+    } else state.old = `${oldState}, unchanged`;
+    let newNote = "";
+    try {
+      await deleteRecurringRun(ctx, created);
+      state.new = "removed";
+    } catch (again) {
+      state.new = `left disabled (${created.recurring_run_id})`;
+      newNote = `; removing the new one failed (${messageOf(again)}): it is left disabled, the next sync reports it`;
+    }
+    return { action: "failed" as const, recurringRunId: old.recurring_run_id, state, failure: `replace: ${step}: ${messageOf(error)}${oldNote}${newNote}` };
+  };
+  if (oldWasEnabled) {
+    try {
+      await setEnabled(ctx, old, false);
+    } catch (error) {
+      return undo("disabling the old recurring run failed", error, false);
+    }
+  }
+  if (entry.enabled) {
+    try {
+      await setEnabled(ctx, created, true);
+    } catch (error) {
+      return undo("enabling the new recurring run failed", error, oldWasEnabled);
+    }
+  }
+  try {
+    await deleteRecurringRun(ctx, old);
+  } catch (error) {
+    // The new one already runs as declared; taking it back to restore an outdated one would be worse.
+    return { action: "failed", recurringRunId: created.recurring_run_id, state: { old: `disabled, not deleted (${old.recurring_run_id})`, new: entry.enabled ? "enabled" : "disabled" }, failure: `replace: the new recurring run is in place, but deleting the old one failed: ${messageOf(error)}; it is left disabled and reported as orphaned next time (--prune-schedules deletes it)` };
+  }
+  return { action: "replaced", recurringRunId: created.recurring_run_id };
+}
+
+/**
+ * Stage 3b: check every declared schedule against this run's pipelines, plan with reads only, then
+ * create, replace or leave each one; report owned runs no longer declared, delete them only when
+ * asked. One schedule's failure never stops the others.
+ */
+export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pipelines: Map<string, ScheduledPipeline>, uncompiled: string[]): Promise<ScheduleOutcome[]> {
+  const outcomes: ScheduleOutcome[] = [...file.refused];
+  const fail = (entry: ScheduleEntry, message: string, extra: Partial<ScheduleOutcome> = {}): ScheduleOutcome => ({
+    pipeline: entry.pipeline,
+    name: entry.name,
+    where: entry.where,
+    ...extra,
+    action: "failed",
+    error: { stage: "schedule", file: file.path, line: Number(entry.where.split(":").at(-1)), message: `${entry.where}: ${message}` },
+  });
+  const ready: ScheduleEntry[] = [];
+  for (const entry of file.entries) {
+    const pipeline = pipelines.get(entry.pipeline);
+    if (!pipeline) {
+      const known = [...pipelines.keys()].join(", ") || "none";
+      // A file that failed to compile has no name yet: its schedules may be the ones asked for.
+      if (uncompiled.length > 0) {
+        outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, action: "skipped", message: `left as it is: no pipeline named ${entry.pipeline} compiled in this run (pipelines: ${known}); ${uncompiled.join(", ")} failed to compile and may hold it — if not, check the name` });
+      } else outcomes.push(fail(entry, `no pipeline named ${entry.pipeline} in this run (pipelines: ${known})`));
+      continue;
+    }
+    const problem = parameterProblem(entry, pipelineInputs(pipeline.specYaml));
+    if (problem) outcomes.push(fail(entry, problem));
+    else if (pipeline.failed) outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, action: "skipped", message: `left as it is: pipeline ${entry.pipeline} failed in this run (${pipeline.failed})` });
+    else ready.push(entry);
+  }
+  if (!ctx.api) {
+    for (const entry of ready) outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, message: "checked; not compared with a server (no --host/KFP_HOST)" });
+    return outcomes;
+  }
+  if (ctx.multiUser && !ctx.namespace) {
+    for (const entry of ready) outcomes.push(fail(entry, "on a multi-user server recurring runs live in a namespace: use --namespace/KFP_NAMESPACE (not --shared) to sync schedules"));
+    return outcomes;
+  }
+
+  let owned: KfpRecurringRun[];
+  try {
+    owned = await ownedRecurringRuns(ctx);
+  } catch (error) {
+    for (const entry of ready) outcomes.push(fail(entry, messageOf(error)));
+    return outcomes;
+  }
+  const byKey = Map.groupBy(owned, (r) => SCHEDULE_MARK.exec(r.description ?? "")![1]!);
+  const experiments = new Map<string, Promise<KfpExperiment | undefined>>();
+  const experimentOf = (name: string) => {
+    if (!experiments.has(name)) experiments.set(name, findExperiment(ctx, name));
+    return experiments.get(name)!;
+  };
+  // Runs of a declared key beyond the one kept (left by an interrupted replace) are reported as orphans.
+  const leftovers: KfpRecurringRun[] = [];
+
+  for (const entry of ready) {
+    const pipeline = pipelines.get(entry.pipeline)!;
+    const mine = byKey.get(scheduleKey(entry.pipeline, entry.name)) ?? [];
+    const current = mine.find((r) => isCurrent(r, entry, pipeline)) ?? mine.find((r) => r.status === "ENABLED") ?? mine[0];
+    leftovers.push(...mine.filter((r) => r !== current));
+    let plan: SchedulePlan;
+    try {
+      const experiment = await experimentOf(entry.experiment);
+      plan = !current ? { kind: "create", experiment } : isCurrent(current, entry, pipeline) && current.experiment_id === experiment?.experiment_id ? { kind: "unchanged", experiment, run: current } : { kind: "replace", experiment, run: current };
+    } catch (error) {
+      outcomes.push(fail(entry, messageOf(error)));
+      continue;
+    }
+    const base = { pipeline: entry.pipeline, name: entry.name, where: entry.where, experimentId: plan.experiment?.experiment_id };
+    if (plan.kind === "unchanged") {
+      const unchanged: ScheduleOutcome = { ...base, action: "unchanged", ...(ctx.dryRun ? { plan: "unchanged" as const } : {}), recurringRunId: plan.run.recurring_run_id };
+      // Its experiment was archived since: the declared state includes an experiment in use.
+      if (plan.experiment?.storage_state === "ARCHIVED") {
+        if (ctx.dryRun) unchanged.message = `experiment ${entry.experiment} is archived: would unarchive it`;
+        else {
+          try {
+            experiments.set(entry.experiment, Promise.resolve({ ...(await ensureExperiment(ctx, entry.experiment, plan.experiment)), storage_state: "AVAILABLE" }));
+            unchanged.message = `experiment ${entry.experiment} unarchived`;
+          } catch (error) {
+            outcomes.push(fail(entry, messageOf(error), base));
+            continue;
+          }
+        }
+      }
+      outcomes.push(unchanged);
+      continue;
+    }
+    if (ctx.dryRun) {
+      outcomes.push({ ...base, plan: plan.kind === "create" ? "would create" : "would replace", recurringRunId: plan.kind === "replace" ? plan.run.recurring_run_id : undefined });
+      continue;
+    }
+    try {
+      const experiment = await ensureExperiment(ctx, entry.experiment, plan.experiment);
+      experiments.set(entry.experiment, Promise.resolve({ ...experiment, storage_state: "AVAILABLE" }));
+      if (plan.kind === "create") {
+        const run = await createRecurringRun(ctx, entry, pipeline, experiment.experiment_id, entry.enabled ? "ENABLE" : undefined);
+        outcomes.push({ ...base, experimentId: experiment.experiment_id, action: "created", recurringRunId: run.recurring_run_id });
+      } else {
+        const { failure, ...result } = await replaceRecurringRun(ctx, entry, pipeline, experiment.experiment_id, plan.run);
+        outcomes.push(failure ? fail(entry, failure, { ...base, ...result }) : { ...base, experimentId: experiment.experiment_id, ...result });
+      }
+    } catch (error) {
+      outcomes.push(fail(entry, messageOf(error), base));
+    }
+  }
+
+  // In the file's order, as the user wrote them; orphans after.
+  const lineOf = (o: ScheduleOutcome) => Number(o.where?.split(":").at(-1) ?? 0);
+  outcomes.sort((a, b) => lineOf(a) - lineOf(b));
+
+  // Owned, and no longer declared (or a leftover): reported; deleted only with --prune-schedules.
+  const declared = new Set([...file.entries, ...file.refused].map((e) => scheduleKey(e.pipeline, e.name)));
+  const orphans = [...owned.filter((r) => !declared.has(SCHEDULE_MARK.exec(r.description ?? "")![1]!)), ...leftovers];
+  for (const run of orphans) {
+    const [pipeline = "", encoded = ""] = SCHEDULE_MARK.exec(run.description ?? "")![1]!.split("/");
+    const base = { pipeline, name: safeDecode(encoded), recurringRunId: run.recurring_run_id, experimentId: run.experiment_id };
+    if (!ctx.prune) {
+      outcomes.push({ ...base, action: "orphaned", ...(ctx.dryRun ? { plan: "orphaned" as const } : {}), message: `owned by kfp-sync, no longer in ${file.path} (${run.status?.toLowerCase() ?? "state unknown"}): --prune-schedules deletes it` });
+    } else if (ctx.dryRun) {
+      outcomes.push({ ...base, plan: "would delete", message: `owned by kfp-sync, no longer in ${file.path}` });
+    } else {
+      try {
+        await deleteRecurringRun(ctx, run);
+        outcomes.push({ ...base, action: "deleted", message: `no longer in ${file.path}: deleted (--prune-schedules)` });
+      } catch (error) {
+        outcomes.push({ ...base, action: "failed", error: { stage: "schedule", file: file.path, message: messageOf(error) } });
+      }
+    }
+  }
+  return outcomes;
+}
+
+function safeDecode(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
+
+/** Stage 3b: keep the recurring runs equal to kfp-sync.yaml; nothing without the file. */
+async function scheduleStage(found: Discovery, compiled: CompileRun, uploaded: UploadRun, cfg: Config, run: RunContext): Promise<ScheduleOutcome[] | undefined> {
+  if (!cfg.scheduleFile) return undefined;
+  const log = run.log;
+  let file: ScheduleFile;
+  try {
+    file = readScheduleFile(cfg.scheduleFile, cfg.cwd);
+  } catch (error) {
+    const where = path.relative(cfg.cwd, cfg.scheduleFile) || cfg.scheduleFile;
+    log.error(`${shown(where)}: ${messageOf(error)}`);
+    return [{ pipeline: "", name: "", where, action: "failed", error: { stage: "schedule", file: where, message: `${where}: cannot read it: ${messageOf(error)}` } }];
+  }
+  const outcomes = new Map(uploaded.uploads.map((u) => [reportKey(u.file), u.outcome]));
+  const pipelines = new Map<string, ScheduledPipeline>();
+  for (const r of compiled.results) {
+    if (!r.ok) continue;
+    const o = outcomes.get(reportKey(r.file));
+    // A version this dry run would add is not the one a pinned schedule points at.
+    const versionId = o?.plan === "version" ? undefined : o?.versionId;
+    const failed = o?.state === "failed" ? (o.problem?.message ?? "upload failed") : run.stopped ? "the run was interrupted" : undefined;
+    pipelines.set(o?.pipelineName ?? r.irName, { pipelineId: o?.pipelineId, versionId, specYaml: r.yaml, failed });
+  }
+  // A file that did not compile may hold the pipeline a schedule names.
+  const uncompiled = [...found.problems.map((p) => p.file!), ...compiled.results.filter((r) => !r.ok).map((r) => reportKey(r.file))].map(shown);
+  const upOk = uploaded.server !== undefined && [...pipelines.values()].some((p) => !p.failed);
+  const ctx: ScheduleContext = {
+    api: cfg.host && upOk ? uploaded.api : undefined,
+    namespace: cfg.namespace,
+    multiUser: uploaded.server?.multiUser,
+    dryRun: cfg.dryRun,
+    prune: cfg.pruneSchedules,
+    uiUrl: cfg.uiUrl,
+    nonce: () => `sync ${crypto.randomUUID().slice(0, 8)}`,
+    log,
+  };
+  const results = await syncSchedules(ctx, file, pipelines, uncompiled);
+  for (const o of results) {
+    const who = o.pipeline ? `schedule ${shown(o.pipeline)}/${shown(o.name)}` : `schedules`;
+    if (o.error) log.error(`${who}: ${o.error.message}${o.state ? ` [old: ${o.state.old ?? "-"}, new: ${o.state.new ?? "-"}]` : ""}`);
+    else if (o.action === "skipped" || o.action === "orphaned") log.warn(`${who}: ${o.action}: ${o.message}`);
+    else log.success(`${who}: ${o.plan ?? o.action ?? o.message}`);
+  }
+  return results;
 }
 
 // ─── 4. Notify ───────────────────────────────────────────────────────────────────────────────────
@@ -2421,7 +3366,9 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   const title = summary.interrupted
     ? `${what}kfp-sync interrupted (${summary.interrupted})`
     : c.failed === 0
-      ? `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
+      ? summary.schedules?.some((o) => o.action === "failed")
+        ? `${what}kfp-sync: ${summary.schedules.filter((o) => o.action === "failed").length} schedule(s) failed`
+        : `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
       : c.failed === c.found
         ? `${what}kfp-sync failed: all ${c.failed} pipelines`
         : `${what}kfp-sync: ${c.failed} of ${c.found} pipelines failed`;
@@ -2429,16 +3376,17 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
     ...(summary.interrupted ? [`interrupted by ${summary.interrupted}: what was not compiled or uploaded is listed as failed`] : []),
     `compiled ${c.compiled} · uploaded ${c.uploaded} (created ${c.created}, versioned ${c.versioned}) · unchanged ${c.unchanged} · failed ${c.failed}`,
     `version ${summary.versionTag}${summary.commit ? ` · commit ${summary.commit.slice(0, 8)}` : ""}`,
+    ...(summary.schedules ? [`schedules: ${scheduleLine(summary.schedules)}`] : []),
   ];
   const tail = [summary.runUrl ? `run: ${summary.runUrl}` : "", uiUrl ? `kubeflow: ${uiUrl}/#/pipelines` : ""].filter(Boolean);
   const actions: Notification["actions"] = [];
   if (summary.runUrl) actions.push({ action: "view", label: "CI run", url: summary.runUrl });
   if (uiUrl) actions.push({ action: "view", label: "Kubeflow", url: `${uiUrl}/#/pipelines` });
-  const bad = c.failed > 0 || summary.interrupted !== undefined;
-  const noteWith = (failedList?: string): Notification => ({
+  const bad = c.failed > 0 || summary.interrupted !== undefined || summary.schedules?.some((o) => o.action === "failed") === true;
+  const noteWith = (failedList?: string, changed: string[] = []): Notification => ({
     topic,
     title,
-    message: [...head, ...(failedList === undefined ? [] : [`failed: ${failedList}`]), ...tail].join("\n"),
+    message: [...head, ...(failedList === undefined ? [] : [`failed: ${failedList}`]), ...changed, ...tail].join("\n"),
     priority: bad ? 4 : 3,
     tags: bad ? ["warning", "kubeflow"] : ["white_check_mark", "kubeflow"],
     click: summary.runUrl,
@@ -2448,7 +3396,19 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   // take two to six bytes each in the JSON body.
   const within = (note: Notification) =>
     Buffer.byteLength(note.message) <= NTFY_MAX_MESSAGE_BYTES && Buffer.byteLength(JSON.stringify(note)) <= NTFY_MAX_BODY_BYTES;
-  const note = noteWith(failedNames.length > 0 ? fitList(failedNames, (list) => within(noteWith(list))) : undefined);
+  const failedList = failedNames.length > 0 ? fitList(failedNames, (list) => within(noteWith(list))) : undefined;
+  // The first changes of each new version (issue 17), as many as the size budget leaves room for.
+  const changes = summary.pipelines.filter((p) => p.state === "created" || p.state === "versioned" || p.plan === "create" || p.plan === "version").flatMap((p) => changeLines(p.changes ?? [], 3).map(shown));
+  const changed: string[] = [];
+  for (const [i, line] of changes.entries()) {
+    const more = changes.length - i;
+    if (!within(noteWith(failedList, [...changed, line, `and ${more} more`]))) {
+      changed.push(`and ${more} more`);
+      break;
+    }
+    changed.push(line);
+  }
+  const note = noteWith(failedList, changed);
   if (within(note)) return note;
   // Only links of absurd length (--run-url, KFP_UI_URL) get here: keep the title and the counts.
   const counts = [...head, ...(failedNames.length > 0 ? [`failed: ${failedNames.length} pipeline${failedNames.length === 1 ? "" : "s"}`] : [])].join("\n");
@@ -2561,6 +3521,95 @@ async function notifyStage(summary: Summary, cfg: Config, env: Env, run: RunCont
   }
 }
 
+// ─── 4b. Comment on the pull request (issue 17) ──────────────────────────────────────────────────
+
+// The plan as one comment on the pull request, found again by a hidden marker and edited in place
+// on every push. Gitea's API (1.26.0, 1.27.3 measured) and GitHub's agree on these three routes;
+// Gitea's listing of a pull request's comments ignores page/limit and returns them all.
+export const PLAN_MARKER = "<!-- kfp-sync plan -->";
+// GitHub refuses comments over 65,536 characters; Gitea has no lower limit.
+const MAX_COMMENT_CHARS = 60_000;
+const MAX_COMMENTS_ANSWER_BYTES = 16 << 20;
+
+export interface PullRequest {
+  api: string;
+  repo: string;
+  index: number;
+  token: string;
+  /** From a fork: the job gets no secrets, so the plan is compile-only. */
+  fork: boolean;
+}
+
+/** Which pull request this run is for, from the runner's environment; a string says why there is none. */
+export function pullRequestOf(env: Env): PullRequest | string {
+  let event: { number?: number; pull_request?: { number?: number; head?: { repo?: { full_name?: string } }; base?: { repo?: { full_name?: string } } } } = {};
+  try {
+    if (env.GITHUB_EVENT_PATH) event = JSON.parse(fs.readFileSync(env.GITHUB_EVENT_PATH, "utf8"));
+  } catch {
+    // No readable event: the ref below still names the pull request.
+  }
+  const index = event.pull_request?.number ?? event.number ?? Number(/^refs\/pull\/(\d+)\//.exec(env.GITHUB_REF ?? "")?.[1]);
+  if (!Number.isInteger(index) || index <= 0) return "this run is not for a pull request (no pull_request event)";
+  const repo = env.GITHUB_REPOSITORY;
+  const server = env.GITHUB_SERVER_URL?.replace(/\/+$/, "");
+  const api = env.GITHUB_API_URL?.replace(/\/+$/, "") || (server ? `${server}/api/v1` : undefined);
+  if (!repo || !api) return "GITHUB_REPOSITORY and GITHUB_API_URL/GITHUB_SERVER_URL are not set";
+  const token = env.GITEA_TOKEN || env.GITHUB_TOKEN;
+  if (!token) return "no GITEA_TOKEN or GITHUB_TOKEN: give the step the job's token";
+  const head = event.pull_request?.head?.repo?.full_name;
+  const base = event.pull_request?.base?.repo?.full_name;
+  return { api, repo, index, token, fork: !!head && !!base && head !== base };
+}
+
+/** The comment: the step summary's plan, compile errors by file:line, and what it could not read. */
+export function planComment(summary: Summary, fork: boolean): string {
+  const compileErrors = summary.pipelines
+    .filter((p) => p.state === "failed" && (p.error?.stage === "compile" || p.error?.stage === "discover"))
+    .map((p) => `- \`${shown(p.error!.file ?? p.file)}${p.error!.line ? `:${p.error!.line}` : ""}\`: ${cell(shown(p.error!.message))}`);
+  const scope = summary.server
+    ? `Compared with ${summary.server.host}${summary.server.version ? ` (KFP ${summary.server.version})` : ""}; nothing was written.`
+    : `**Compile-only plan**: no KFP server was read${fork ? " (a pull request from a fork gets no secrets)" : " (no KFP_HOST)"}; what would change on the server is not known.`;
+  const body = [PLAN_MARKER, stepSummary(summary).replace(/^### kfp-sync (\(dry run\) )?/, "### kfp-sync plan "), scope, "", ...(compileErrors.length ? ["**Compile errors**", "", ...compileErrors, ""] : [])].join("\n");
+  return body.length > MAX_COMMENT_CHARS ? `${body.slice(0, MAX_COMMENT_CHARS)}\n\n… cut by kfp-sync: the plan is longer than a comment may be; the run's log has all of it\n` : body;
+}
+
+interface IssueComment { id: number; body?: string }
+
+/** The forge's three comment routes, with the job's token; answers capped, nothing retried. */
+export function commentClient(pr: PullRequest, timeoutMs: number) {
+  const api = ofetch.create({ baseURL: pr.api, headers: { Authorization: `token ${pr.token}`, Accept: "application/json" }, retry: 0, timeout: timeoutMs }, { fetch: cappedFetch(MAX_COMMENTS_ANSWER_BYTES) });
+  const repo = pr.repo.split("/").map(encodeURIComponent).join("/");
+  return {
+    list: () => api<IssueComment[]>(`/repos/${repo}/issues/${pr.index}/comments`, { query: { per_page: 100 } }),
+    create: (body: string) => api<IssueComment>(`/repos/${repo}/issues/${pr.index}/comments`, { method: "POST", body: { body } }),
+    edit: (id: number, body: string) => api<IssueComment>(`/repos/${repo}/issues/comments/${id}`, { method: "PATCH", body: { body } }),
+  };
+}
+
+/** Post or edit the one plan comment. Never fails the run: a comment that cannot be posted is a warning. */
+async function commentStage(summary: Summary, cfg: Config, env: Env, run: RunContext): Promise<void> {
+  const log = run.log;
+  const pr = pullRequestOf(env);
+  if (typeof pr === "string") {
+    log.warn(`--pr-comment: no comment posted: ${pr}`);
+    return;
+  }
+  const client = commentClient(pr, cfg.httpTimeoutMs);
+  const body = scrub(planComment(run.out.scrubbed(summary), pr.fork), run.secrets);
+  try {
+    const comments = await client.list();
+    const ours = Array.isArray(comments) ? comments.find((c) => typeof c?.body === "string" && c.body.startsWith(PLAN_MARKER)) : undefined;
+    if (ours) await client.edit(ours.id, body);
+    else await client.create(body);
+    log.success(`${ours ? "edited the plan comment" : "commented the plan"} on pull request #${pr.index}`);
+  } catch (error) {
+    const status = (error as { status?: number }).status;
+    const why = answerProblem(error) ?? (error as Error).message;
+    const hint = status === 401 || status === 403 || status === 404 ? ": the job's token may not write to the pull request (a fork?)" : "";
+    log.warn(`the plan could not be posted on pull request #${pr.index}${status ? ` (HTTP ${status})` : ""}: ${why}${hint} — the check is unaffected`);
+  }
+}
+
 // ─── 5. Report ───────────────────────────────────────────────────────────────────────────────────
 
 const ESCAPED: Record<string, string> = { "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
@@ -2595,6 +3644,24 @@ export function countsOf(pipelines: PipelineReport[]): Summary["counts"] {
   };
 }
 
+/** `created 1 · replaced 0 · …`: the schedules in one line, for people (log, step summary, notification, outputs). */
+export function scheduleLine(schedules: ScheduleOutcome[]): string {
+  const n = (f: (o: ScheduleOutcome) => boolean) => schedules.filter(f).length;
+  const dry = schedules.some((o) => o.plan !== undefined);
+  const parts = dry
+    ? [`would create ${n((o) => o.plan === "would create")}`, `would replace ${n((o) => o.plan === "would replace")}`, `unchanged ${n((o) => o.plan === "unchanged")}`, `orphaned ${n((o) => o.plan === "orphaned")}`, ...(n((o) => o.plan === "would delete") ? [`would delete ${n((o) => o.plan === "would delete")}`] : [])]
+    : [`created ${n((o) => o.action === "created")}`, `replaced ${n((o) => o.action === "replaced")}`, `unchanged ${n((o) => o.action === "unchanged")}`, `orphaned ${n((o) => o.action === "orphaned")}`, ...(n((o) => o.action === "deleted") ? [`deleted ${n((o) => o.action === "deleted")}`] : [])];
+  const skipped = n((o) => o.action === "skipped");
+  // Without a host, entries are only checked against the compiled pipelines.
+  const checked = n((o) => o.action === undefined && o.plan === undefined);
+  if (checked > 0 && !dry && schedules.every((o) => o.action === undefined || o.action === "failed")) return `checked ${checked} · failed ${n((o) => o.action === "failed")}`;
+  return [...parts, ...(skipped ? [`skipped ${skipped}`] : []), `failed ${n((o) => o.action === "failed")}`].join(" · ");
+}
+
+function scheduleLabel(o: ScheduleOutcome): string {
+  return o.pipeline ? `${shown(o.pipeline)}/${shown(o.name)}` : shown(o.where ?? "schedules");
+}
+
 /** A multi-line-safe `name<<DELIMITER` block for GITHUB_OUTPUT, as the runner reads it. */
 function outputEntry(name: string, value: string): string {
   if (!value.includes("\n")) return `${name}=${value}\n`;
@@ -2612,6 +3679,7 @@ export function actionsOutputs(summary: Summary): string {
     // A run that created no version must not name one: a later job would look for it in KFP.
     outputEntry("version", summary.counts.uploaded > 0 ? summary.versionTag : ""),
     outputEntry("failed_pipelines", failed.join("\n")),
+    ...(summary.schedules ? [outputEntry("schedules", scheduleLine(summary.schedules)), outputEntry("failed_schedules", summary.schedules.filter((o) => o.action === "failed").map(scheduleLabel).join("\n"))] : []),
     outputEntry("summary_json", summaryJson(summary)),
   ].join("");
 }
@@ -2629,7 +3697,7 @@ export function stepSummary(summary: Summary): string {
     return `| ${cell(shown(p.name ?? ""))} | \`${cell(shown(p.file))}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
   });
   return [
-    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
+    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 && !summary.schedules?.some((o) => o.action === "failed") ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
     "",
     `Version tag \`${summary.versionTag}\`${summary.commit ? ` · commit \`${summary.commit.slice(0, 8)}\`` : ""}${summary.server?.host ? ` · server ${summary.server.host}${summary.server.version ? ` (${summary.server.version})` : ""}` : ""}`,
     "",
@@ -2637,7 +3705,31 @@ export function stepSummary(summary: Summary): string {
     "|---|---|---|---|---|",
     ...rows,
     "",
+    ...changeSections(summary),
+    ...(summary.schedules ? scheduleTable(summary.schedules) : []),
   ].join("\n");
+}
+
+/** One section per pipeline that changes (issue 17), from the records the JSON carries. */
+export function changeSections(summary: Summary, max = 100): string[] {
+  return summary.pipelines
+    .filter((p) => (p.changes ?? []).length > 0)
+    .flatMap((p) => [`#### ${cell(shown(p.name ?? pipelineLabel(p)))}`, "", ...changeLines(p.changes!, max).map((line) => `- ${markdownText(shown(line))}`), ""]);
+}
+
+/** Text in Markdown as written: a code span, so a name or value makes no emphasis, link or HTML. */
+function markdownText(text: string): string {
+  return `\`${text.replaceAll("`", "'")}\``;
+}
+
+function scheduleTable(schedules: ScheduleOutcome[]): string[] {
+  const rows = schedules.map((o) => {
+    const result = o.action === "failed" ? "❌ failed" : (o.plan ?? o.action ?? "checked");
+    const state = o.state ? `old: ${o.state.old ?? "-"}; new: ${o.state.new ?? "-"}` : "";
+    const note = o.error ? `${o.error.message}${state ? ` (${state})` : ""}` : (o.message ?? "");
+    return `| ${cell(scheduleLabel(o))} | ${cell(o.where ?? "")} | ${cell(result)} | ${cell(o.recurringRunId ?? "")} | ${cell(note)} |`;
+  });
+  return [`#### Schedules — ${scheduleLine(schedules)}`, "", "| schedule | declared at | result | recurring run | note |", "|---|---|---|---|---|", ...rows, ""];
 }
 
 /** `::error file=…,line=…::` — GitHub renders these; Gitea and Forgejo print them raw. */
@@ -2673,16 +3765,16 @@ export function report(raw: Summary, env: Env, out: Writer, log: { warn(msg: str
   const onGitHub = truthy(env.GITHUB_ACTIONS) && !truthy(env.GITEA_ACTIONS) && !truthy(env.FORGEJO_ACTIONS);
   if (onGitHub) for (const line of annotations(summary)) out.write("stderr", line + "\n");
   const c = summary.counts;
-  const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed · ${(summary.durationMs / 1000).toFixed(1)} s`;
+  const line = `${c.compiled}/${c.found} compiled · ${c.uploaded} uploaded · ${c.unchanged} unchanged · ${c.failed} failed${summary.schedules ? ` · schedules: ${scheduleLine(summary.schedules)}` : ""} · ${(summary.durationMs / 1000).toFixed(1)} s`;
   // The last line is what people read: with --ntfy-required a lost notification fails the run, say so.
   const notifyProblem = ntfyRequired ? summary.problems.find((p) => p.stage === "notify") : undefined;
   if (notifyProblem) log.error(`run failed, --ntfy-required: ${notifyProblem.message} · ${line}`);
-  else if (c.failed > 0) log.error(line);
+  else if (c.failed > 0 || summary.schedules?.some((o) => o.action === "failed")) log.error(line);
   else log.success(line);
 }
 
 /** The run's record, one entry per pipeline, built from what each stage returned. */
-function summarize(cfg: Config, found: Discovery, compiled: CompileRun & { unkept: Problem[] }, uploaded: UploadRun, run: RunContext): Summary {
+function summarize(cfg: Config, found: Discovery, compiled: CompileRun & { unkept: Problem[] }, uploaded: UploadRun, schedules: ScheduleOutcome[] | undefined, run: RunContext): Summary {
   const reports = new Map<string, PipelineReport>();
   for (const p of found.problems) reports.set(p.file!, { file: p.file!, state: "failed", error: p, timings: {} });
   for (const r of compiled.results) {
@@ -2696,8 +3788,8 @@ function summarize(cfg: Config, found: Discovery, compiled: CompileRun & { unkep
   }
   for (const { file, outcome, ms } of uploaded.uploads) {
     const report = reports.get(reportKey(file))!;
-    const { pipelineName: name, state, plan, pipelineId, versionId, versionName, url, problem: error } = outcome;
-    Object.assign(report, { name, state: state ?? report.state, plan, pipelineId, versionId, versionName, url, error });
+    const { pipelineName: name, state, plan, pipelineId, versionId, versionName, url, changes, problem: error } = outcome;
+    Object.assign(report, { name, state: state ?? report.state, plan, pipelineId, versionId, versionName, url, changes, error });
     if (ms !== undefined) report.timings.uploadMs = Math.round(ms);
   }
   const pipelines = [...reports.values()].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
@@ -2712,8 +3804,9 @@ function summarize(cfg: Config, found: Discovery, compiled: CompileRun & { unkep
     runUrl: cfg.runUrl,
     counts: countsOf(pipelines),
     pipelines,
-    problems: [...pipelines.flatMap((p) => (p.error ? [p.error] : [])), ...compiled.unkept],
+    problems: [...pipelines.flatMap((p) => (p.error ? [p.error] : [])), ...(schedules ?? []).flatMap((o) => (o.error ? [o.error] : [])), ...compiled.unkept],
     notes: found.notes.length > 0 ? found.notes : undefined,
+    schedules,
     interrupted: run.signal,
     durationMs: 0,
   };
@@ -2725,6 +3818,7 @@ function summarize(cfg: Config, found: Discovery, compiled: CompileRun & { unkep
 export function exitCodeOf(summary: Summary, ntfyRequired: boolean): number {
   if (summary.interrupted) return summary.interrupted === "SIGINT" ? 130 : 143;
   if (summary.counts.failed > 0) return 1;
+  if (summary.schedules?.some((o) => o.action === "failed")) return 1;
   if (ntfyRequired && summary.problems.some((p) => p.stage === "notify")) return 1;
   return 0;
 }
@@ -2735,8 +3829,10 @@ export async function sync(cfg: Config, env: Env, run: RunContext): Promise<Summ
   const found = findStage(cfg, run.log);
   const compiled = await compileStage(found.files, cfg, run);
   const uploaded = await uploadStage(compiled, cfg, run);
-  const summary = summarize(cfg, found, compiled, uploaded, run);
+  const schedules = await scheduleStage(found, compiled, uploaded, cfg, run);
+  const summary = summarize(cfg, found, compiled, uploaded, schedules, run);
   const notified = await notifyStage(summary, cfg, env, run);
+  if (cfg.prComment) await commentStage(summary, cfg, env, run);
   // A signal during notify counts too.
   return { ...summary, problems: [...summary.problems, ...notified], interrupted: run.signal, durationMs: Math.round(performance.now() - started) };
 }

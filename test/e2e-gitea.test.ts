@@ -11,8 +11,9 @@
  * commit with the job token. KFP and ntfy are test/kfp-server.ts and test/ntfy-server.ts (with
  * KFP_TEST_HOST, and KFP_TEST_TOKEN if it needs one, a real KFP instead of the imitation).
  *
- * Not covered yet, because the features do not exist: issue 19 item 7 (the plan workflow commenting
- * on a pull request) and the `kfp-sync.yaml` schedules. Add them here when they land.
+ * Issue 19 item 7: a pull request that changes a default gets the plan as one comment from the
+ * shipped plan.yaml, edited by the next push. The examples' kfp-sync.yaml is pushed too: the first
+ * push checks its two schedules are in KFP.
  */
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Database } from "bun:sqlite";
@@ -26,6 +27,7 @@ import { startNtfyServer, type NtfyPublish, type NtfyServer } from "./ntfy-serve
 
 const PEERS = path.join(ROOT, "test/peers");
 const WORKFLOW = ".gitea/workflows/compile-upload.yaml";
+const PLAN_WORKFLOW = ".gitea/workflows/plan.yaml";
 const OWNER = "kfp-admin"; // start.sh's admin user
 const REPO = "pipelines";
 const NTFY_TOKEN = "tk_e2egiteantfytoken00000000000";
@@ -332,6 +334,7 @@ function shippedFiles(): Record<string, Buffer | string> {
     if (fs.statSync(path.join(EXAMPLES, name)).isFile()) files[name] = fs.readFileSync(path.join(EXAMPLES, name));
   }
   files[WORKFLOW] = fs.readFileSync(path.join(ROOT, WORKFLOW));
+  files[PLAN_WORKFLOW] = fs.readFileSync(path.join(ROOT, PLAN_WORKFLOW));
   return files;
 }
 
@@ -481,6 +484,10 @@ async function firstPush(e: Env, names: string[]): Promise<Run> {
     // KFP names a new pipeline's first version after the pipeline: one version each.
     for (const name of names) expect(after.get(name)).toEqual([name]);
   }
+  // examples/kfp-sync.yaml's two schedules are recurring runs now, enabled, marked as kfp-sync's.
+  const listed = await fetch(`${e.kfp.url}/apis/v2beta1/recurringruns?page_size=200`, { headers: e.kfp.token ? { Authorization: `Bearer ${e.kfp.token}` } : {} }).then((r) => r.json() as Promise<any>);
+  const scheduled = (listed.recurringRuns ?? []).filter((r: any) => /kfp-sync schedule /.test(r.description ?? ""));
+  for (const name of ["nightly-evaluation", "weekly-finetune"]) expect(scheduled.find((r: any) => r.display_name === name)?.status, name).toBe("ENABLED");
   // summary_json is a step output only (the job leaves it out); the runner echoes it into the log,
   // as it does every step output, so secrets must never be in it.
   expect(Object.keys(outputs).sort()).toEqual(["compiled", "failed", "failed_pipelines", "unchanged", "uploaded", "version"]);
@@ -592,6 +599,60 @@ describe("end to end on Gitea 1.27.3 with Gitea's runner", () => {
     expect(outputs.uploaded).toBe("0");
     expect(await kfpVersions(e.kfp, names)).toEqual(before);
   }, 180_000);
+
+  test("a pull request that changes a default: plan.yaml comments the change; a second push edits the same comment", async () => {
+    const repo = `${OWNER}/${REPO}`;
+    const before = await kfpVersions(e.kfp, names);
+    const writesBefore = e.kfp.server?.requests.filter((r) => r.method !== "GET").length;
+    const ntfyBefore = e.ntfy.published.length;
+    const file = path.join(e.work, "evaluation_pipeline.py");
+    const source = fs.readFileSync(file, "utf8");
+    const m = /(\w+): float = ([0-9.]+)/.exec(source);
+    if (!m) throw new Error("evaluation_pipeline.py has no float parameter with a default to change");
+    const [, param, old] = m;
+    const raised = (by: number) => String(Number((Number(old) + by).toFixed(6)));
+    const commentsOf = async (n: number) =>
+      (await api<{ id: number; body: string }[]>(e.gitea, "GET", `/repos/${repo}/issues/${n}/comments`)).filter((c) => c.body.startsWith("<!-- kfp-sync plan -->"));
+    const planRun = async (known: Set<number>, what: string) => {
+      const r = await completedRun(e.gitea, repo, (r) => r.path.startsWith("plan.yaml@") && !known.has(r.id), what);
+      expect(r.event).toBe("pull_request");
+      expect(r.conclusion, await jobLog(e.gitea, await jobOf(e.gitea, r))).toBe("success");
+      return r;
+    };
+
+    await git(e.work, "checkout", "-q", "-b", "change-default");
+    try {
+      fs.writeFileSync(file, source.replace(m[0], `${param}: float = ${raised(0.05)}`));
+      await git(e.work, "commit", "-q", "-am", "raise a default");
+      await git(e.work, "push", "-q", "origin", "change-default");
+      const known = new Set((await runs(e.gitea, repo)).map((r) => r.id));
+      const pr = await api<{ number: number }>(e.gitea, "POST", `/repos/${repo}/pulls`, { head: "change-default", base: "main", title: "raise a default" });
+      const first = await planRun(known, "plan of the pull request");
+      const [comment, ...others] = await commentsOf(pr.number);
+      expect(others).toEqual([]);
+      const local = await run(["--dry-run", "--out-dir", scratch()], { cwd: EXAMPLES });
+      const name = local.json().pipelines.find((p) => p.file === "evaluation_pipeline.py")!.name;
+      expect(comment!.body).toContain(`${name}: parameter ${param} default ${old} → ${raised(0.05)}`);
+      expect(comment!.body).toContain(`Compared with ${e.kfp.url}`);
+      for (const secret of [NTFY_TOKEN, e.kfp.token].filter(Boolean)) expect(comment!.body).not.toContain(secret!);
+
+      // The second push to the pull request: the same comment, now with the newer value.
+      fs.writeFileSync(file, source.replace(m[0], `${param}: float = ${raised(0.1)}`));
+      await git(e.work, "commit", "-q", "-am", "raise it more");
+      await git(e.work, "push", "-q", "origin", "change-default");
+      await planRun(new Set([...known, first.id]), "plan of the second push");
+      const [edited, ...more] = await commentsOf(pr.number);
+      expect(more).toEqual([]);
+      expect(edited!.id).toBe(comment!.id);
+      expect(edited!.body).toContain(`parameter ${param} default ${old} → ${raised(0.1)}`);
+    } finally {
+      await git(e.work, "checkout", "-q", "main");
+    }
+    // A plan writes nothing: KFP as it was, no notification.
+    expect(await kfpVersions(e.kfp, names)).toEqual(before);
+    if (e.kfp.server) expect(e.kfp.server.requests.filter((r) => r.method !== "GET").length).toBe(writesBefore!);
+    expect(e.ntfy.published.length).toBe(ntfyBefore);
+  }, 300_000);
 
   test("a broken pipeline: the run fails, failed=1, a high-priority message names the file", async () => {
     const repo = `${OWNER}/${REPO}`;

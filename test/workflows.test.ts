@@ -10,6 +10,7 @@ import { BIN, EXAMPLES, PYTHON, ROOT, parseOutputs, run, scratch } from "./helpe
 const ACTIONLINT = path.join(ROOT, ".tools/bin/actionlint");
 const COMPILE_UPLOAD = ".gitea/workflows/compile-upload.yaml";
 const CI = ".gitea/workflows/ci.yaml";
+const PLAN = ".gitea/workflows/plan.yaml";
 const CONTAINERFILE = path.join(ROOT, "Containerfile");
 const NETWORK_POLICY = path.join(ROOT, "deploy/networkpolicy.yaml");
 
@@ -36,8 +37,8 @@ function readYaml(file: string): any {
 }
 
 describe("workflows: actionlint", () => {
-  test("both workflows pass actionlint", () => {
-    const r = actionlint([COMPILE_UPLOAD, CI]);
+  test("the workflows pass actionlint", () => {
+    const r = actionlint([COMPILE_UPLOAD, CI, PLAN]);
     expect(r.output).toBe("");
     expect(r.code).toBe(0);
   });
@@ -63,6 +64,36 @@ jobs:
   });
 });
 
+describe("workflows: plan comments on the pull request, read-only (issue 17)", () => {
+  const plan = readYaml(PLAN);
+  const sync = readYaml(COMPILE_UPLOAD);
+  const step = (Object.values(plan.jobs)[0] as any).steps.find((s: any) => s.id === "plan");
+
+  test("on pull_request, for the same paths as compile-upload", () => {
+    expect(Object.keys(plan.on)).toEqual(["pull_request"]);
+    expect(plan.on.pull_request.paths).toEqual(sync.on.push.paths);
+  });
+
+  test("kfp-sync read-only with the comment opted in; the server left out for forks; the job's token", () => {
+    expect(step.run.trim()).toBe("kfp-sync --dry-run --pr-comment");
+    const help = Bun.spawnSync([BIN, "--help"], { env: {} }).stdout.toString();
+    expect(help).toContain("--pr-comment");
+    expect(help).toContain("KFP_SYNC_PR_COMMENT");
+    for (const name of Object.keys(step.env)) expect(help, `${name} is not in kfp-sync --help`).toContain(name);
+    expect(step.env.KFP_HOST).toContain("github.event.pull_request.head.repo.full_name == github.repository");
+    expect(step.env.GITEA_TOKEN).toBe("${{ github.token }}");
+    expect(Object.keys(step.env)).not.toContain("NTFY_URL");
+  });
+
+  test(".pre-commit-hooks.yaml: one hook, a dry run without a server", () => {
+    const hooks = parse(fs.readFileSync(path.join(ROOT, ".pre-commit-hooks.yaml"), "utf8")) as any[];
+    expect(hooks.map((h) => h.id)).toEqual(["kfp-sync-compile"]);
+    expect(hooks[0].entry).toStartWith("kfp-sync --dry-run");
+    expect(hooks[0].entry).not.toContain("--host");
+    expect(hooks[0].language).toBe("system");
+  });
+});
+
 describe("workflows: compile-upload uses what kfp-sync offers", () => {
   const workflow = readYaml(COMPILE_UPLOAD);
   const jobs = Object.entries(workflow.jobs ?? {}) as [string, any][];
@@ -71,7 +102,7 @@ describe("workflows: compile-upload uses what kfp-sync offers", () => {
 
   test("triggers: pushes to main that touch what can change a compiled pipeline, and by hand", () => {
     expect(workflow.on.push.branches).toEqual(["main"]);
-    expect(workflow.on.push.paths).toEqual(["**/*.py", "**/requirements*.txt", "**/pyproject.toml", ".gitea/workflows/compile-upload.yaml"]);
+    expect(workflow.on.push.paths).toEqual(["**/*.py", "**/requirements*.txt", "**/pyproject.toml", "kfp-sync.yaml", ".gitea/workflows/compile-upload.yaml"]);
     expect("workflow_dispatch" in workflow.on).toBe(true);
   });
 
