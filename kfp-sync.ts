@@ -2621,7 +2621,7 @@ export interface ScheduleEntry {
   where: string;
 }
 
-export type ScheduleAction = "created" | "replaced" | "unchanged" | "orphaned" | "deleted" | "skipped" | "failed";
+export type ScheduleState = "created" | "replaced" | "unchanged" | "orphaned" | "deleted" | "skipped" | "failed";
 
 /** What the schedules stage decided (dry run) or did for one declared schedule or one owned run. */
 export interface ScheduleOutcome {
@@ -2629,17 +2629,21 @@ export interface ScheduleOutcome {
   name: string;
   /** `kfp-sync.yaml:LINE` of the entry; absent for an orphaned run. */
   where?: string;
-  action?: ScheduleAction;
-  /** In a dry run with a host. */
-  plan?: "would create" | "would replace" | "unchanged" | "orphaned" | "would delete";
+  /** Absent in a dry run that would change it, and without a host (only checked). */
+  state?: ScheduleState;
+  /** In a dry run with a host; the English is in SCHEDULE_PLAN_WORDS, for the log. */
+  plan?: "create" | "replace" | "unchanged" | "orphaned" | "delete";
   recurringRunId?: string;
   experimentId?: string;
-  /** After a failed replace: what state the old and the new recurring run were left in. */
-  state?: { old?: string; new?: string };
+  /** After a failed replace: what the old and the new recurring run were left as. */
+  leftAs?: { old?: string; new?: string };
   /** Why it was skipped or left, for people. */
   message?: string;
   error?: Problem;
 }
+
+/** The log's words for a machine value of a schedule's `plan`, as PLAN_WORDS for pipelines. */
+const SCHEDULE_PLAN_WORDS: Record<NonNullable<ScheduleOutcome["plan"]>, string> = { create: "would create", replace: "would replace", unchanged: "unchanged", orphaned: "orphaned", delete: "would delete" };
 
 /** A 5-field cron as a person means it, and what KFP's controller reads instead. */
 const CRON_FIELDS = [
@@ -2703,7 +2707,7 @@ export function readScheduleFile(file: string, cwd: string): ScheduleFile {
   const lines = new YAML.LineCounter();
   const doc = YAML.parseDocument(fs.readFileSync(file, "utf8"), { lineCounter: lines, uniqueKeys: true });
   const at = (node: unknown) => `${shownPath}:${lines.linePos((node as { range?: [number] })?.range?.[0] ?? 0).line}`;
-  const fileWide = (message: string): ScheduleFile => ({ path: shownPath, entries: [], refused: [{ pipeline: "", name: "", where: at(doc.contents), action: "failed", error: { stage: "schedule", file: shownPath, message } }] });
+  const fileWide = (message: string): ScheduleFile => ({ path: shownPath, entries: [], refused: [{ pipeline: "", name: "", where: at(doc.contents), state: "failed", error: { stage: "schedule", file: shownPath, message } }] });
   if (doc.errors.length > 0) return fileWide(`not valid YAML: ${doc.errors[0]!.message.split("\n")[0]}`);
   const schedules = YAML.isMap(doc.contents) ? doc.contents.get("schedules", true) : undefined;
   if (schedules === undefined || schedules === null || (YAML.isScalar(schedules) && schedules.value === null)) {
@@ -2719,7 +2723,7 @@ export function readScheduleFile(file: string, cwd: string): ScheduleFile {
     const pipeline = typeof raw?.pipeline === "string" ? raw.pipeline : "";
     const name = typeof raw?.name === "string" ? raw.name : "";
     const refuse = (message: string) => {
-      refused.push({ pipeline, name, where, action: "failed", error: { stage: "schedule", file: shownPath, line: Number(where.split(":").at(-1)), message: `${where}: ${message}` } });
+      refused.push({ pipeline, name, where, state: "failed", error: { stage: "schedule", file: shownPath, line: Number(where.split(":").at(-1)), message: `${where}: ${message}` } });
     };
     if (!raw) {
       refuse("each schedule is a mapping (pipeline:, name:, cron: or every:, …)");
@@ -3007,36 +3011,36 @@ const messageOf = (error: unknown) => (error instanceof Error ? error.message : 
  * Replace `old` by the declared schedule without a moment with two enabled, or none when the
  * new one cannot be made: a failure at any step leaves the old as it was and removes the new.
  */
-async function replaceRecurringRun(ctx: ScheduleContext, entry: ScheduleEntry, pipeline: ScheduledPipeline, experimentId: string, old: KfpRecurringRun): Promise<Pick<ScheduleOutcome, "action" | "recurringRunId" | "state" | "message"> & { failure?: string }> {
+async function replaceRecurringRun(ctx: ScheduleContext, entry: ScheduleEntry, pipeline: ScheduledPipeline, experimentId: string, old: KfpRecurringRun): Promise<Pick<ScheduleOutcome, "state" | "recurringRunId" | "leftAs" | "message"> & { failure?: string }> {
   const oldWasEnabled = old.status === "ENABLED";
   const oldState = oldWasEnabled ? "enabled" : "disabled";
   let created: KfpRecurringRun;
   try {
     created = await createRecurringRun(ctx, entry, pipeline, experimentId);
   } catch (error) {
-    return { action: "failed", recurringRunId: old.recurring_run_id, state: { old: `${oldState}, unchanged` }, failure: `replace: ${messageOf(error)}; the old recurring run ${old.recurring_run_id} is left as it was` };
+    return { state: "failed", recurringRunId: old.recurring_run_id, leftAs: { old: `${oldState}, unchanged` }, failure: `replace: ${messageOf(error)}; the old recurring run ${old.recurring_run_id} is left as it was` };
   }
   const undo = async (step: string, error: unknown, reenableOld: boolean) => {
-    const state: NonNullable<ScheduleOutcome["state"]> = {};
+    const leftAs: NonNullable<ScheduleOutcome["leftAs"]> = {};
     let oldNote = "";
     if (reenableOld) {
       try {
         await setEnabled(ctx, old, true);
-        state.old = "enabled again";
+        leftAs.old = "enabled again";
       } catch (again) {
-        state.old = "DISABLED";
+        leftAs.old = "DISABLED";
         oldNote = `; re-enabling the old one failed too (${messageOf(again)}): enable ${old.recurring_run_id} by hand`;
       }
-    } else state.old = `${oldState}, unchanged`;
+    } else leftAs.old = `${oldState}, unchanged`;
     let newNote = "";
     try {
       await deleteRecurringRun(ctx, created);
-      state.new = "removed";
+      leftAs.new = "removed";
     } catch (again) {
-      state.new = `left disabled (${created.recurring_run_id})`;
+      leftAs.new = `left disabled (${created.recurring_run_id})`;
       newNote = `; removing the new one failed (${messageOf(again)}): it is left disabled, the next sync reports it`;
     }
-    return { action: "failed" as const, recurringRunId: old.recurring_run_id, state, failure: `replace: ${step}: ${messageOf(error)}${oldNote}${newNote}` };
+    return { state: "failed" as const, recurringRunId: old.recurring_run_id, leftAs, failure: `replace: ${step}: ${messageOf(error)}${oldNote}${newNote}` };
   };
   if (oldWasEnabled) {
     try {
@@ -3056,9 +3060,9 @@ async function replaceRecurringRun(ctx: ScheduleContext, entry: ScheduleEntry, p
     await deleteRecurringRun(ctx, old);
   } catch (error) {
     // The new one already runs as declared; taking it back to restore an outdated one would be worse.
-    return { action: "failed", recurringRunId: created.recurring_run_id, state: { old: `disabled, not deleted (${old.recurring_run_id})`, new: entry.enabled ? "enabled" : "disabled" }, failure: `replace: the new recurring run is in place, but deleting the old one failed: ${messageOf(error)}; it is left disabled and reported as orphaned next time (--prune-schedules deletes it)` };
+    return { state: "failed", recurringRunId: created.recurring_run_id, leftAs: { old: `disabled, not deleted (${old.recurring_run_id})`, new: entry.enabled ? "enabled" : "disabled" }, failure: `replace: the new recurring run is in place, but deleting the old one failed: ${messageOf(error)}; it is left disabled and reported as orphaned next time (--prune-schedules deletes it)` };
   }
-  return { action: "replaced", recurringRunId: created.recurring_run_id };
+  return { state: "replaced", recurringRunId: created.recurring_run_id };
 }
 
 /**
@@ -3073,7 +3077,7 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
     name: entry.name,
     where: entry.where,
     ...extra,
-    action: "failed",
+    state: "failed",
     error: { stage: "schedule", file: file.path, line: Number(entry.where.split(":").at(-1)), message: `${entry.where}: ${message}` },
   });
   const ready: ScheduleEntry[] = [];
@@ -3083,13 +3087,13 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
       const known = [...pipelines.keys()].join(", ") || "none";
       // A file that failed to compile has no name yet: its schedules may be the ones asked for.
       if (uncompiled.length > 0) {
-        outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, action: "skipped", message: `left as it is: no pipeline named ${entry.pipeline} compiled in this run (pipelines: ${known}); ${uncompiled.join(", ")} failed to compile and may hold it — if not, check the name` });
+        outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, state: "skipped", message: `left as it is: no pipeline named ${entry.pipeline} compiled in this run (pipelines: ${known}); ${uncompiled.join(", ")} failed to compile and may hold it — if not, check the name` });
       } else outcomes.push(fail(entry, `no pipeline named ${entry.pipeline} in this run (pipelines: ${known})`));
       continue;
     }
     const problem = parameterProblem(entry, pipelineInputs(pipeline.specYaml));
     if (problem) outcomes.push(fail(entry, problem));
-    else if (pipeline.failed) outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, action: "skipped", message: `left as it is: pipeline ${entry.pipeline} failed in this run (${pipeline.failed})` });
+    else if (pipeline.failed) outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, state: "skipped", message: `left as it is: pipeline ${entry.pipeline} failed in this run (${pipeline.failed})` });
     else ready.push(entry);
   }
   if (!ctx.api) {
@@ -3132,7 +3136,7 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
     }
     const base = { pipeline: entry.pipeline, name: entry.name, where: entry.where, experimentId: plan.experiment?.experiment_id };
     if (plan.kind === "unchanged") {
-      const unchanged: ScheduleOutcome = { ...base, action: "unchanged", ...(ctx.dryRun ? { plan: "unchanged" as const } : {}), recurringRunId: plan.run.recurring_run_id };
+      const unchanged: ScheduleOutcome = { ...base, state: "unchanged", ...(ctx.dryRun ? { plan: "unchanged" as const } : {}), recurringRunId: plan.run.recurring_run_id };
       // Its experiment was archived since: the declared state includes an experiment in use.
       if (plan.experiment?.storage_state === "ARCHIVED") {
         if (ctx.dryRun) unchanged.message = `experiment ${entry.experiment} is archived: would unarchive it`;
@@ -3150,7 +3154,7 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
       continue;
     }
     if (ctx.dryRun) {
-      outcomes.push({ ...base, plan: plan.kind === "create" ? "would create" : "would replace", recurringRunId: plan.kind === "replace" ? plan.run.recurring_run_id : undefined });
+      outcomes.push({ ...base, plan: plan.kind, recurringRunId: plan.kind === "replace" ? plan.run.recurring_run_id : undefined });
       continue;
     }
     try {
@@ -3158,7 +3162,7 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
       experiments.set(entry.experiment, Promise.resolve({ ...experiment, storage_state: "AVAILABLE" }));
       if (plan.kind === "create") {
         const run = await createRecurringRun(ctx, entry, pipeline, experiment.experiment_id, entry.enabled ? "ENABLE" : undefined);
-        outcomes.push({ ...base, experimentId: experiment.experiment_id, action: "created", recurringRunId: run.recurring_run_id });
+        outcomes.push({ ...base, experimentId: experiment.experiment_id, state: "created", recurringRunId: run.recurring_run_id });
       } else {
         const { failure, ...result } = await replaceRecurringRun(ctx, entry, pipeline, experiment.experiment_id, plan.run);
         outcomes.push(failure ? fail(entry, failure, { ...base, ...result }) : { ...base, experimentId: experiment.experiment_id, ...result });
@@ -3179,15 +3183,15 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
     const [pipeline = "", encoded = ""] = SCHEDULE_MARK.exec(run.description ?? "")![1]!.split("/");
     const base = { pipeline, name: safeDecode(encoded), recurringRunId: run.recurring_run_id, experimentId: run.experiment_id };
     if (!ctx.prune) {
-      outcomes.push({ ...base, action: "orphaned", ...(ctx.dryRun ? { plan: "orphaned" as const } : {}), message: `owned by kfp-sync, no longer in ${file.path} (${run.status?.toLowerCase() ?? "state unknown"}): --prune-schedules deletes it` });
+      outcomes.push({ ...base, state: "orphaned", ...(ctx.dryRun ? { plan: "orphaned" as const } : {}), message: `owned by kfp-sync, no longer in ${file.path} (${run.status?.toLowerCase() ?? "state unknown"}): --prune-schedules deletes it` });
     } else if (ctx.dryRun) {
-      outcomes.push({ ...base, plan: "would delete", message: `owned by kfp-sync, no longer in ${file.path}` });
+      outcomes.push({ ...base, plan: "delete", message: `owned by kfp-sync, no longer in ${file.path}` });
     } else {
       try {
         await deleteRecurringRun(ctx, run);
-        outcomes.push({ ...base, action: "deleted", message: `no longer in ${file.path}: deleted (--prune-schedules)` });
+        outcomes.push({ ...base, state: "deleted", message: `no longer in ${file.path}: deleted (--prune-schedules)` });
       } catch (error) {
-        outcomes.push({ ...base, action: "failed", error: { stage: "schedule", file: file.path, message: messageOf(error) } });
+        outcomes.push({ ...base, state: "failed", error: { stage: "schedule", file: file.path, message: messageOf(error) } });
       }
     }
   }
@@ -3212,7 +3216,7 @@ async function scheduleStage(found: Discovery, compiled: CompileRun, uploaded: U
   } catch (error) {
     const where = path.relative(cfg.cwd, cfg.scheduleFile) || cfg.scheduleFile;
     log.error(`${shown(where)}: ${messageOf(error)}`);
-    return [{ pipeline: "", name: "", where, action: "failed", error: { stage: "schedule", file: where, message: `${where}: cannot read it: ${messageOf(error)}` } }];
+    return [{ pipeline: "", name: "", where, state: "failed", error: { stage: "schedule", file: where, message: `${where}: cannot read it: ${messageOf(error)}` } }];
   }
   const outcomes = new Map(uploaded.uploads.map((u) => [reportKey(u.file), u.outcome]));
   const pipelines = new Map<string, ScheduledPipeline>();
@@ -3240,9 +3244,9 @@ async function scheduleStage(found: Discovery, compiled: CompileRun, uploaded: U
   const results = await syncSchedules(ctx, file, pipelines, uncompiled);
   for (const o of results) {
     const who = o.pipeline ? `schedule ${shown(o.pipeline)}/${shown(o.name)}` : `schedules`;
-    if (o.error) log.error(`${who}: ${o.error.message}${o.state ? ` [old: ${o.state.old ?? "-"}, new: ${o.state.new ?? "-"}]` : ""}`);
-    else if (o.action === "skipped" || o.action === "orphaned") log.warn(`${who}: ${o.action}: ${o.message}`);
-    else log.success(`${who}: ${o.plan ?? o.action ?? o.message}`);
+    if (o.error) log.error(`${who}: ${o.error.message}${o.leftAs ? ` [old: ${o.leftAs.old ?? "-"}, new: ${o.leftAs.new ?? "-"}]` : ""}`);
+    else if (o.state === "skipped" || o.state === "orphaned") log.warn(`${who}: ${o.state}: ${o.message}`);
+    else log.success(`${who}: ${o.plan ? SCHEDULE_PLAN_WORDS[o.plan] : (o.state ?? o.message)}`);
   }
   return results;
 }
@@ -3366,8 +3370,8 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   const title = summary.interrupted
     ? `${what}kfp-sync interrupted (${summary.interrupted})`
     : c.failed === 0
-      ? summary.schedules?.some((o) => o.action === "failed")
-        ? `${what}kfp-sync: ${summary.schedules.filter((o) => o.action === "failed").length} schedule(s) failed`
+      ? summary.schedules?.some((o) => o.state === "failed")
+        ? `${what}kfp-sync: ${summary.schedules.filter((o) => o.state === "failed").length} schedule(s) failed`
         : `${what}kfp-sync ${summary.dryRun ? "dry run " : ""}ok, ${c.uploaded} uploaded`
       : c.failed === c.found
         ? `${what}kfp-sync failed: all ${c.failed} pipelines`
@@ -3382,7 +3386,7 @@ export function buildNotification(summary: Summary, topic: string, repository?: 
   const actions: Notification["actions"] = [];
   if (summary.runUrl) actions.push({ action: "view", label: "CI run", url: summary.runUrl });
   if (uiUrl) actions.push({ action: "view", label: "Kubeflow", url: `${uiUrl}/#/pipelines` });
-  const bad = c.failed > 0 || summary.interrupted !== undefined || summary.schedules?.some((o) => o.action === "failed") === true;
+  const bad = c.failed > 0 || summary.interrupted !== undefined || summary.schedules?.some((o) => o.state === "failed") === true;
   const noteWith = (failedList?: string, changed: string[] = []): Notification => ({
     topic,
     title,
@@ -3649,13 +3653,13 @@ export function scheduleLine(schedules: ScheduleOutcome[]): string {
   const n = (f: (o: ScheduleOutcome) => boolean) => schedules.filter(f).length;
   const dry = schedules.some((o) => o.plan !== undefined);
   const parts = dry
-    ? [`would create ${n((o) => o.plan === "would create")}`, `would replace ${n((o) => o.plan === "would replace")}`, `unchanged ${n((o) => o.plan === "unchanged")}`, `orphaned ${n((o) => o.plan === "orphaned")}`, ...(n((o) => o.plan === "would delete") ? [`would delete ${n((o) => o.plan === "would delete")}`] : [])]
-    : [`created ${n((o) => o.action === "created")}`, `replaced ${n((o) => o.action === "replaced")}`, `unchanged ${n((o) => o.action === "unchanged")}`, `orphaned ${n((o) => o.action === "orphaned")}`, ...(n((o) => o.action === "deleted") ? [`deleted ${n((o) => o.action === "deleted")}`] : [])];
-  const skipped = n((o) => o.action === "skipped");
+    ? [`would create ${n((o) => o.plan === "create")}`, `would replace ${n((o) => o.plan === "replace")}`, `unchanged ${n((o) => o.plan === "unchanged")}`, `orphaned ${n((o) => o.plan === "orphaned")}`, ...(n((o) => o.plan === "delete") ? [`would delete ${n((o) => o.plan === "delete")}`] : [])]
+    : [`created ${n((o) => o.state === "created")}`, `replaced ${n((o) => o.state === "replaced")}`, `unchanged ${n((o) => o.state === "unchanged")}`, `orphaned ${n((o) => o.state === "orphaned")}`, ...(n((o) => o.state === "deleted") ? [`deleted ${n((o) => o.state === "deleted")}`] : [])];
+  const skipped = n((o) => o.state === "skipped");
   // Without a host, entries are only checked against the compiled pipelines.
-  const checked = n((o) => o.action === undefined && o.plan === undefined);
-  if (checked > 0 && !dry && schedules.every((o) => o.action === undefined || o.action === "failed")) return `checked ${checked} · failed ${n((o) => o.action === "failed")}`;
-  return [...parts, ...(skipped ? [`skipped ${skipped}`] : []), `failed ${n((o) => o.action === "failed")}`].join(" · ");
+  const checked = n((o) => o.state === undefined && o.plan === undefined);
+  if (checked > 0 && !dry && schedules.every((o) => o.state === undefined || o.state === "failed")) return `checked ${checked} · failed ${n((o) => o.state === "failed")}`;
+  return [...parts, ...(skipped ? [`skipped ${skipped}`] : []), `failed ${n((o) => o.state === "failed")}`].join(" · ");
 }
 
 function scheduleLabel(o: ScheduleOutcome): string {
@@ -3679,7 +3683,7 @@ export function actionsOutputs(summary: Summary): string {
     // A run that created no version must not name one: a later job would look for it in KFP.
     outputEntry("version", summary.counts.uploaded > 0 ? summary.versionTag : ""),
     outputEntry("failed_pipelines", failed.join("\n")),
-    ...(summary.schedules ? [outputEntry("schedules", scheduleLine(summary.schedules)), outputEntry("failed_schedules", summary.schedules.filter((o) => o.action === "failed").map(scheduleLabel).join("\n"))] : []),
+    ...(summary.schedules ? [outputEntry("schedules", scheduleLine(summary.schedules)), outputEntry("failed_schedules", summary.schedules.filter((o) => o.state === "failed").map(scheduleLabel).join("\n"))] : []),
     outputEntry("summary_json", summaryJson(summary)),
   ].join("");
 }
@@ -3697,7 +3701,7 @@ export function stepSummary(summary: Summary): string {
     return `| ${cell(shown(p.name ?? ""))} | \`${cell(shown(p.file))}\` | ${cell(result)} | ${cell(version)} | ${cell(error)} |`;
   });
   return [
-    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 && !summary.schedules?.some((o) => o.action === "failed") ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
+    `### kfp-sync ${summary.dryRun ? "(dry run) " : ""}— ${c.failed === 0 && !summary.schedules?.some((o) => o.state === "failed") ? "✅" : "❌"} ${c.compiled}/${c.found} compiled, ${c.uploaded} uploaded, ${c.unchanged} unchanged, ${c.failed} failed`,
     "",
     `Version tag \`${summary.versionTag}\`${summary.commit ? ` · commit \`${summary.commit.slice(0, 8)}\`` : ""}${summary.server?.host ? ` · server ${summary.server.host}${summary.server.version ? ` (${summary.server.version})` : ""}` : ""}`,
     "",
@@ -3724,9 +3728,9 @@ function markdownText(text: string): string {
 
 function scheduleTable(schedules: ScheduleOutcome[]): string[] {
   const rows = schedules.map((o) => {
-    const result = o.action === "failed" ? "❌ failed" : (o.plan ?? o.action ?? "checked");
-    const state = o.state ? `old: ${o.state.old ?? "-"}; new: ${o.state.new ?? "-"}` : "";
-    const note = o.error ? `${o.error.message}${state ? ` (${state})` : ""}` : (o.message ?? "");
+    const result = o.state === "failed" ? "❌ failed" : o.plan ? SCHEDULE_PLAN_WORDS[o.plan] : (o.state ?? "checked");
+    const leftAs = o.leftAs ? `old: ${o.leftAs.old ?? "-"}; new: ${o.leftAs.new ?? "-"}` : "";
+    const note = o.error ? `${o.error.message}${leftAs ? ` (${leftAs})` : ""}` : (o.message ?? "");
     return `| ${cell(scheduleLabel(o))} | ${cell(o.where ?? "")} | ${cell(result)} | ${cell(o.recurringRunId ?? "")} | ${cell(note)} |`;
   });
   return [`#### Schedules — ${scheduleLine(schedules)}`, "", "| schedule | declared at | result | recurring run | note |", "|---|---|---|---|---|", ...rows, ""];
@@ -3769,7 +3773,7 @@ export function report(raw: Summary, env: Env, out: Writer, log: { warn(msg: str
   // The last line is what people read: with --ntfy-required a lost notification fails the run, say so.
   const notifyProblem = ntfyRequired ? summary.problems.find((p) => p.stage === "notify") : undefined;
   if (notifyProblem) log.error(`run failed, --ntfy-required: ${notifyProblem.message} · ${line}`);
-  else if (c.failed > 0 || summary.schedules?.some((o) => o.action === "failed")) log.error(line);
+  else if (c.failed > 0 || summary.schedules?.some((o) => o.state === "failed")) log.error(line);
   else log.success(line);
 }
 
@@ -3818,7 +3822,7 @@ function summarize(cfg: Config, found: Discovery, compiled: CompileRun & { unkep
 export function exitCodeOf(summary: Summary, ntfyRequired: boolean): number {
   if (summary.interrupted) return summary.interrupted === "SIGINT" ? 130 : 143;
   if (summary.counts.failed > 0) return 1;
-  if (summary.schedules?.some((o) => o.action === "failed")) return 1;
+  if (summary.schedules?.some((o) => o.state === "failed")) return 1;
   if (ntfyRequired && summary.problems.some((p) => p.stage === "notify")) return 1;
   return 0;
 }

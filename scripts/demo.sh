@@ -21,7 +21,7 @@ ntfy=$(head -n1 "$work/ntfy.url")
 
 export KFP_HOST=$kfp NTFY_URL=$ntfy/gitea-ci KFP_SYNC_PYTHON=$PWD/.venv/bin/python KFP_SYNC_KFP_VERSION=2.17.3
 counts() { "$BUN" -e 'const s = JSON.parse(await Bun.stdin.text()); console.log(JSON.stringify(s.counts))' <"$1"; }
-schedules() { "$BUN" -e 'const s = JSON.parse(await Bun.stdin.text()); for (const o of s.schedules ?? []) console.log(`  ${o.pipeline}/${o.name} (${o.where ?? "-"}): ${o.action}${o.recurringRunId ? ` ${o.recurringRunId}` : ""}`)' <"$1"; }
+schedules() { "$BUN" -e 'const s = JSON.parse(await Bun.stdin.text()); for (const o of s.schedules ?? []) console.log(`  ${o.pipeline}/${o.name} (${o.where ?? "-"}): ${o.state}${o.recurringRunId ? ` ${o.recurringRunId}` : ""}`)' <"$1"; }
 
 printf '\n== first sync of examples/ against %s ==\n' "$kfp" >&2
 (cd examples && ../kfp-sync) >"$work/first.json"
@@ -40,7 +40,7 @@ sed 's/^/  /' "$work/ntfy.log" >&2
 
 "$BUN" -e '
 const [a, b] = [await Bun.file(process.argv[1]).json(), await Bun.file(process.argv[2]).json()];
-const all = (s, action) => s.schedules.length > 0 && s.schedules.every((o) => o.action === action);
+const all = (s, state) => s.schedules.length > 0 && s.schedules.every((o) => o.state === state);
 const ok = a.counts.created === a.counts.found && b.counts.unchanged === b.counts.found && b.counts.uploaded === 0 && all(a, "created") && all(b, "unchanged");
 console.error(ok ? `\nok: ${a.counts.created} pipelines and ${a.schedules.length} schedules created, then all unchanged with zero writes` : "\nunexpected counts");
 process.exit(ok ? 0 : 1);' "$work/first.json" "$work/second.json"

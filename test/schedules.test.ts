@@ -103,7 +103,8 @@ describe("schedules", () => {
       expect(first.stderr).not.toContain("✖");
       expect(first.code).toBe(0);
       const s1 = first.json();
-      expect(s1.schedules.map((o: any) => [o.name, o.action, o.where])).toEqual([
+      for (const o of s1.schedules) expect(Object.keys(o)).not.toContain("action");
+      expect(s1.schedules.map((o: any) => [o.name, o.state, o.where])).toEqual([
         ["nightly", "created", "kfp-sync.yaml:2"],
         ["hourly", "created", "kfp-sync.yaml:8"],
       ]);
@@ -126,7 +127,7 @@ describe("schedules", () => {
       const writesBefore = target.server ? scheduleWrites(target.server.requests).length : 0;
       const second = await sync(dir, target);
       expect(second.code).toBe(0);
-      expect(second.json().schedules.map((o: any) => o.action)).toEqual(["unchanged", "unchanged"]);
+      expect(second.json().schedules.map((o: any) => o.state)).toEqual(["unchanged", "unchanged"]);
       if (target.server) expect(scheduleWrites(target.server.requests).length).toBe(writesBefore);
       expect((await ours()).map((r) => r.recurring_run_id).sort()).toEqual([nightly.recurring_run_id, hourly.recurring_run_id].sort());
 
@@ -135,7 +136,7 @@ describe("schedules", () => {
       const third = await sync(dir, target);
       expect(third.code).toBe(0);
       const s3 = third.json();
-      expect(s3.schedules.map((o: any) => [o.name, o.action])).toEqual([["nightly", "replaced"], ["hourly", "unchanged"]]);
+      expect(s3.schedules.map((o: any) => [o.name, o.state])).toEqual([["nightly", "replaced"], ["hourly", "unchanged"]]);
       runs = await ours();
       expect(runs.length).toBe(2);
       const newNightly = runs.find((r) => r.display_name === "nightly")!;
@@ -149,7 +150,7 @@ describe("schedules", () => {
       expect(fourth.code).toBe(0);
       const s4 = fourth.json();
       expect(s4.pipelines[0]!.state).toBe("versioned");
-      expect(s4.schedules.map((o: any) => [o.name, o.action])).toEqual([["nightly", "unchanged"], ["hourly", "replaced"]]);
+      expect(s4.schedules.map((o: any) => [o.name, o.state])).toEqual([["nightly", "unchanged"], ["hourly", "replaced"]]);
       runs = await ours();
       expect(runs.length).toBe(2);
       expect(runs.find((r) => r.display_name === "hourly")!.pipeline_version_reference.pipeline_version_id).toBe(s4.pipelines[0]!.versionId);
@@ -220,7 +221,7 @@ describe("schedules: checked before any write", () => {
     expect(s.pipelines[0]!.state).toBe("created");
     const by = Object.fromEntries(s.schedules.map((o: any) => [o.name, o]));
     const failed = (name: string, line: number, text: string | RegExp) => {
-      expect(by[name].action, name).toBe("failed");
+      expect(by[name].state, name).toBe("failed");
       expect(by[name].error.line, name).toBe(line);
       expect(by[name].error.message, name).toStartWith(`kfp-sync.yaml:${line}: `);
       expect(by[name].error.message, name).toMatch(text);
@@ -237,10 +238,10 @@ describe("schedules: checked before any write", () => {
     failed("bad-hour", 41, 'hour "24" is not a value');
     // Without a host the same checks run; the good entries are only "checked".
     const offline = await run(["--dry-run", "--out-dir", path.join(dir, ".out")], { cwd: dir });
-    expect(offline.json().schedules.filter((o: any) => o.action === "failed").length).toBe(10);
+    expect(offline.json().schedules.filter((o: any) => o.state === "failed").length).toBe(10);
     expect(offline.stderr).toContain("schedules: checked 1 · failed 10");
     // The second "good" is the duplicate; the first is created.
-    expect(s.schedules.filter((o: any) => o.name === "good").map((o: any) => [o.where, o.action])).toEqual([["kfp-sync.yaml:33", "created"], ["kfp-sync.yaml:37", "failed"]]);
+    expect(s.schedules.filter((o: any) => o.name === "good").map((o: any) => [o.where, o.state])).toEqual([["kfp-sync.yaml:33", "created"], ["kfp-sync.yaml:37", "failed"]]);
     expect(s.schedules.find((o: any) => o.where === "kfp-sync.yaml:37").error.message).toContain("the first is at kfp-sync.yaml:33");
     expect(scheduleWrites(server.requests).filter((q) => q.path.endsWith("/recurringruns")).length).toBe(1);
     expect(s.problems.filter((p: any) => p.stage === "schedule").length).toBe(10);
@@ -264,7 +265,7 @@ describe("schedules: checked before any write", () => {
       const stepSummary = path.join(dir, "summary.md");
       const r = await sync(dir, server, [], { KFP_SYNC_CONFIG: "ops/schedules.yaml", GITHUB_OUTPUT: outputs, GITHUB_STEP_SUMMARY: stepSummary, NTFY_URL: `${ntfy.url}/ci` });
       expect(r.code).toBe(1);
-      expect(r.json().schedules.map((o: any) => [o.where, o.action])).toEqual([["ops/schedules.yaml:2", "created"], ["ops/schedules.yaml:6", "failed"]]);
+      expect(r.json().schedules.map((o: any) => [o.where, o.state])).toEqual([["ops/schedules.yaml:2", "created"], ["ops/schedules.yaml:6", "failed"]]);
       const out = fs.readFileSync(outputs, "utf8");
       expect(out).toContain("schedules=created 1 · replaced 0 · unchanged 0 · orphaned 0 · failed 1\n");
       expect(out).toContain("failed_schedules=sched-out/broken\n");
@@ -292,7 +293,7 @@ describe("schedules: checked before any write", () => {
     const r = await sync(dir, server);
     expect(r.code).toBe(1);
     const o = r.json().schedules[0];
-    expect(o).toMatchObject({ name: "nightly", action: "skipped" });
+    expect(o).toMatchObject({ name: "nightly", state: "skipped" });
     expect(o.message).toContain("left as it is: pipeline sched-left failed in this run");
     const runs = await recurringRuns(server);
     expect(runs.map((x) => x.trigger.cron_schedule?.cron)).toEqual(["0 0 2 * * *"]);
@@ -321,15 +322,16 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
       const r = await sync(dir, proxy);
       expect(r.code).toBe(1);
       const o = r.json().schedules[0];
-      expect(o).toMatchObject({ action: "failed", recurringRunId: old!.recurring_run_id, state: { old: "enabled again", new: "removed" } });
+      expect(o).toMatchObject({ state: "failed", recurringRunId: old!.recurring_run_id, leftAs: { old: "enabled again", new: "removed" } });
       expect(o.error.message).toContain("enabling the new recurring run failed");
+      expect(r.stderr).toContain("[old: enabled again, new: removed]");
       let runs = await recurringRuns(server);
       expect(runs.map((x) => [x.recurring_run_id, x.status, x.trigger.cron_schedule.cron])).toEqual([[old!.recurring_run_id, "ENABLED", "0 0 2 * * *"]]);
 
       // Disabling the old one fails: it was never changed, the new one is removed.
       proxy.add({ method: "POST", path: /:disable$/, times: 1, fault: { kind: "status", status: 503 } });
       const r2 = await sync(dir, proxy);
-      expect(r2.json().schedules[0]).toMatchObject({ action: "failed", state: { old: "enabled, unchanged", new: "removed" } });
+      expect(r2.json().schedules[0]).toMatchObject({ state: "failed", leftAs: { old: "enabled, unchanged", new: "removed" } });
       runs = await recurringRuns(server);
       expect(runs.map((x) => [x.recurring_run_id, x.status])).toEqual([[old!.recurring_run_id, "ENABLED"]]);
 
@@ -337,7 +339,7 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
       proxy.add({ method: "POST", path: /\/recurringruns$/, times: 1, fault: { kind: "drop-response" } });
       const r3 = await sync(dir, proxy);
       expect(r3.stderr).not.toContain("✖");
-      expect(r3.json().schedules[0].action).toBe("replaced");
+      expect(r3.json().schedules[0].state).toBe("replaced");
       runs = await recurringRuns(server);
       expect(runs.length).toBe(1);
       expect(runs[0]).toMatchObject({ status: "ENABLED", trigger: { cron_schedule: { cron: "0 0 4 * * *" } } });
@@ -350,11 +352,11 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
       const r4 = await sync(dir, proxy);
       expect(r4.code).toBe(1);
       const o4 = r4.json().schedules[0];
-      expect(o4).toMatchObject({ action: "failed", state: { old: `disabled, not deleted (${replacedBy})`, new: "enabled" } });
+      expect(o4).toMatchObject({ state: "failed", leftAs: { old: `disabled, not deleted (${replacedBy})`, new: "enabled" } });
       runs = await recurringRuns(server);
       expect(runs.map((x) => [x.recurring_run_id === replacedBy, x.status]).sort()).toEqual([[false, "ENABLED"], [true, "DISABLED"]]);
       const r5 = await sync(dir, proxy);
-      expect(r5.json().schedules.map((x: any) => [x.recurringRunId, x.action])).toEqual([[o4.recurringRunId, "unchanged"], [replacedBy, "orphaned"]]);
+      expect(r5.json().schedules.map((x: any) => [x.recurringRunId, x.state])).toEqual([[o4.recurringRunId, "unchanged"], [replacedBy, "orphaned"]]);
       expect(proxy.injected.length).toBe(4);
     } finally {
       await proxy.stop();
@@ -372,20 +374,28 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
 
     fs.writeFileSync(path.join(dir, "kfp-sync.yaml"), one("0 0 6 * * *"));
     const writes = scheduleWrites(server.requests).length;
-    const dry = await sync(dir, server, ["--dry-run"]);
+    const dry = await sync(dir, server, ["--dry-run"], { GITHUB_STEP_SUMMARY: path.join(dir, "dry.md") });
     expect(dry.code).toBe(0);
-    expect(dry.json().schedules.map((o: any) => [o.name, o.plan])).toEqual([["nightly", "would replace"], ["weekly", "orphaned"]]);
+    expect(dry.json().schedules.map((o: any) => [o.name, o.plan, o.state])).toEqual([["nightly", "replace", undefined], ["weekly", "orphaned", "orphaned"]]);
+    // Machine values in the JSON, the English for people: the log and the step summary.
+    expect(dry.stderr).toContain("schedule sched-safe/nightly: would replace");
+    expect(fs.readFileSync(path.join(dir, "dry.md"), "utf8")).toMatch(/\| sched-safe\/nightly \| kfp-sync.yaml:2 \| would replace \|/);
     expect(scheduleWrites(server.requests).length).toBe(writes);
 
     const kept = await sync(dir, server);
     expect(kept.code).toBe(0);
     const s = kept.json();
-    expect(s.schedules.map((o: any) => [o.name, o.action])).toEqual([["nightly", "replaced"], ["weekly", "orphaned"]]);
+    expect(s.schedules.map((o: any) => [o.name, o.state])).toEqual([["nightly", "replaced"], ["weekly", "orphaned"]]);
     expect(s.schedules[1].message).toContain("--prune-schedules deletes it");
     expect((await recurringRuns(server)).length).toBe(3);
 
+    const dryPrune = await sync(dir, server, ["--dry-run", "--prune-schedules"]);
+    expect(dryPrune.json().schedules.map((o: any) => [o.name, o.plan, o.state])).toEqual([["nightly", "unchanged", "unchanged"], ["weekly", "delete", undefined]]);
+    expect(dryPrune.stderr).toContain("schedule sched-safe/weekly: would delete");
+    expect(dryPrune.stderr).toContain("schedules: would create 0 · would replace 0 · unchanged 1 · orphaned 0 · would delete 1 · failed 0");
+    expect((await recurringRuns(server)).length).toBe(3);
     const pruned = await sync(dir, server, ["--prune-schedules"]);
-    expect(pruned.json().schedules.map((o: any) => [o.name, o.action])).toEqual([["nightly", "unchanged"], ["weekly", "deleted"]]);
+    expect(pruned.json().schedules.map((o: any) => [o.name, o.state])).toEqual([["nightly", "unchanged"], ["weekly", "deleted"]]);
     const left = await recurringRuns(server);
     expect(left.map((x) => x.display_name).sort()).toEqual(["nightly", "weekly"]);
     expect(left.find((x) => x.display_name === "weekly")!.recurring_run_id).toBe(foreign.recurring_run_id);
@@ -401,11 +411,12 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
     fs.writeFileSync(path.join(dir, "kfp-sync.yaml"), one("0 0 2 * * *", `  - pipeline: sched-safe\n    name: extra\n    every: 30m\n    parameters: {text: e}\n`));
     const before = scheduleWrites(server.requests).length;
     const dry = await sync(dir, server, ["--dry-run"]);
-    expect(dry.json().schedules.map((o: any) => [o.name, o.plan])).toEqual([["nightly", "unchanged"], ["extra", "would create"]]);
+    expect(dry.json().schedules.map((o: any) => [o.name, o.plan, o.state])).toEqual([["nightly", "unchanged", "unchanged"], ["extra", "create", undefined]]);
+    expect(dry.stderr).toContain("schedule sched-safe/extra: would create");
     expect(dry.stderr).toContain("schedules: would create 1 · would replace 0 · unchanged 1 · orphaned 0 · failed 0");
     expect(scheduleWrites(server.requests).length).toBe(before);
     const real = await sync(dir, server);
-    expect(real.json().schedules.map((o: any) => o.action)).toEqual(["unchanged", "created"]);
+    expect(real.json().schedules.map((o: any) => o.state)).toEqual(["unchanged", "created"]);
     expect((await api(server, "GET", `/experiments/${rr!.experiment_id}`)).storage_state).toBe("AVAILABLE");
   });
 
@@ -416,13 +427,13 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
       const r = await sync(dir, { url: mu.url, token: "team-a-editor-token", namespace: "team-a" });
       expect(r.stderr).not.toContain("✖");
       expect(r.code).toBe(0);
-      expect(r.json().schedules[0].action).toBe("created");
+      expect(r.json().schedules[0].state).toBe("created");
       const runs = await recurringRuns({ url: mu.url, token: "team-a-editor-token", namespace: "team-a" });
       expect(runs.length).toBe(1);
       expect((runs[0] as any).namespace).toBe("team-a");
       for (const q of mu.requests.filter((q) => /\/(experiments|recurringruns)$/.test(q.path) && q.method === "GET")) expect(q.query.namespace, q.path).toBe("team-a");
       const again = await sync(dir, { url: mu.url, token: "team-a-editor-token", namespace: "team-a" });
-      expect(again.json().schedules[0].action).toBe("unchanged");
+      expect(again.json().schedules[0].state).toBe("unchanged");
       const shared = await sync(dir, { url: mu.url, token: "team-a-editor-token" }, ["--shared"]);
       expect(shared.code).toBe(1);
       expect(shared.json().schedules[0].error.message).toContain("use --namespace/KFP_NAMESPACE (not --shared) to sync schedules");
