@@ -1275,13 +1275,17 @@ export function driverEnv(env: Env, secrets: string[]): Record<string, string> {
 }
 
 /**
- * Make kfp-sync a child subreaper (Linux prctl): what a compile started and the killed driver
- * left behind is re-parented to us instead of init, so that endLeftovers can still find it.
+ * Before any pipeline code runs (Linux prctl): make kfp-sync a child subreaper, so that what a
+ * compile started and the killed driver left behind is re-parented to us instead of init and
+ * endLeftovers can still find it; and make it non-dumpable, so that pipeline code running as the
+ * same user cannot read kfp-sync's /proc/PID/environ, which holds KFP_TOKEN & co. (the driver's
+ * environment has none of them, see driverEnv).
  */
 function adoptOrphans(): void {
   try {
     const libc = dlopen("libc.so.6", { prctl: { args: [FFIType.i32, FFIType.u64, FFIType.u64, FFIType.u64, FFIType.u64], returns: FFIType.i32 } });
     libc.symbols.prctl(36 /* PR_SET_CHILD_SUBREAPER */, 1n, 0n, 0n, 0n);
+    libc.symbols.prctl(4 /* PR_SET_DUMPABLE */, 0n, 0n, 0n, 0n);
   } catch {
     // Not Linux or no glibc: the driver's own containment still applies.
   }

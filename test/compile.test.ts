@@ -306,6 +306,32 @@ describe("compile: the repository around the file", () => {
     for (const name of ["KFP_TOKEN", "KFP_COOKIE", "NTFY_TOKEN", "NTFY_URL", "DEPLOY_KEY"]) expect(Object.keys(seen)).not.toContain(name);
     for (const value of ["kfp-token-1111", "cookie-2222", "ntfytoken3333", AUTH_PARAM, "flag-token-5555"]) expect(seenText).not.toContain(value);
   });
+
+  test("pipeline code running as the same (non-root) user cannot read kfp-sync's own environment", async () => {
+    // The file walks up to kfp-sync (its parent is the compile driver, whose parent is kfp-sync) and
+    // tries /proc/PID/environ, where KFP_TOKEN & co. are. CAP_SYS_PTRACE reads any process's; the
+    // runner image runs as uid 1000 without it, so the run here drops every capability (same uid).
+    const probe = `import os
+def parent_of(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int([l for l in f if l.startswith("PPid:")][0].split()[1])
+kfp_sync = parent_of(os.getppid())
+try:
+    with open("/proc/%d/environ" % kfp_sync, "rb") as f:
+        seen = "read: " + ("has the token" if b"kfp-token-7777" in f.read() else "no token")
+except OSError as e:
+    seen = "refused: " + type(e).__name__
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "seen.txt"), "w") as f:
+    f.write(seen)
+`;
+    const src = fs.readFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), "utf8");
+    const dir = scratch({ "probe_pipeline.py": `${probe}${src}` });
+    const env = cleanEnv({ KFP_TOKEN: "kfp-token-7777" });
+    const proc = Bun.spawn(["setpriv", "--bounding-set=-all", "--inh-caps=-all", BIN, "--dry-run", "--out-dir", path.join(dir, "out"), "probe_pipeline.py"], { cwd: dir, env, stdout: "pipe", stderr: "pipe" });
+    const stderr = await new Response(proc.stderr).text();
+    expect(await proc.exited, stderr).toBe(0);
+    expect(fs.readFileSync(path.join(dir, "seen.txt"), "utf8")).toBe("refused: PermissionError");
+  });
 });
 
 /** Children of a process, from /proc. */
