@@ -3,12 +3,11 @@
  * must end the request with a clear message while the process stays small, and https:// to a
  * plain-HTTP port is named as such.
  */
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as net from "node:net";
 import * as path from "node:path";
 import { BIN, EXAMPLES, cleanEnv, scratch, withServer } from "./helpers";
-import { startKfpServer, type KfpServer } from "./kfp-server";
-import { startNtfyServer, type NtfyServer } from "./ntfy-server";
+import { usePeers } from "./with-server.ts";
 
 const MiB = 2 ** 20;
 
@@ -77,16 +76,7 @@ const EVALUATION = path.join(EXAMPLES, "evaluation_pipeline.py");
 const PEAK_LIMIT_MiB = 512;
 
 describe("answer size caps", () => {
-  let kfp: KfpServer;
-  let ntfy: NtfyServer;
-  beforeAll(async () => {
-    kfp = await startKfpServer();
-    ntfy = await startNtfyServer();
-  });
-  afterAll(async () => {
-    await kfp.stop();
-    await ntfy.stop();
-  });
+  const peers = usePeers({ reset: false });
 
   test("KFP: an endless answer ends at 64 MiB, said so, not retried, memory bounded", async () => {
     await withServer(startEndlessServer(), async (endless) => {
@@ -113,7 +103,7 @@ describe("answer size caps", () => {
 
   test("ntfy and Gitea: endless answers end at 1 MiB; the sync itself goes on", async () => {
     await withServer(startEndlessServer(), async (endless) => {
-      const r = await runMeasured(["--host", kfp.url, "--http-timeout", "5", "--out-dir", scratch(), EVALUATION], {
+      const r = await runMeasured(["--host", peers.kfp.url, "--http-timeout", "5", "--out-dir", scratch(), EVALUATION], {
         NTFY_URL: `${endless.url}/ci`,
         GITEA_ACTIONS: "true",
         GITHUB_SERVER_URL: endless.url,
@@ -133,20 +123,11 @@ describe("answer size caps", () => {
 });
 
 describe("https:// to a plain-HTTP port", () => {
-  let kfp: KfpServer;
-  let ntfy: NtfyServer;
-  beforeAll(async () => {
-    kfp = await startKfpServer();
-    ntfy = await startNtfyServer();
-  });
-  afterAll(async () => {
-    await kfp.stop();
-    await ntfy.stop();
-  });
+  const peers = usePeers({ reset: false });
 
   test("KFP and ntfy: the message says the port speaks plain HTTP and suggests http://; no retries", async () => {
-    const kfpPlain = new URL(kfp.url);
-    const ntfyPlain = new URL(`${ntfy.url}/ci`);
+    const kfpPlain = new URL(peers.kfp.url);
+    const ntfyPlain = new URL(`${peers.ntfy.url}/ci`);
     const https = (u: URL) => `https://${u.host}${u.pathname === "/" ? "" : u.pathname}`;
     const r = await runMeasured(["--host", https(kfpPlain), "--out-dir", scratch(), EVALUATION], { NTFY_URL: https(ntfyPlain) });
     expect(r.code).toBe(1);

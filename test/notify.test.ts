@@ -1,49 +1,35 @@
 /** Stage 4, notify: the binary against the ntfy-faithful server on loopback. */
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { buildNotification, fitList, publish, unreadableNtfyAuth, type Summary } from "../kfp-sync.ts";
 import { BIN, cleanEnv, EXAMPLES, examplesCopy, run, scratch, withServer } from "./helpers";
 import { startFaultProxy } from "./fault-proxy";
-import { startKfpServer, type KfpServer } from "./kfp-server";
-import { startNtfyServer, type NtfyServer } from "./ntfy-server";
+import { startNtfyServer } from "./ntfy-server";
+import { usePeers } from "./with-server.ts";
 
 const NTFY_TOKEN = "tk_notifysecret0123456789abcdef";
 const RUN_ENV = { GITHUB_SERVER_URL: "https://gitea.example/", GITHUB_REPOSITORY: "ml/pipelines", GITHUB_RUN_NUMBER: "42", GITHUB_RUN_ID: "9001", GITEA_ACTIONS: "true", KFP_SYNC_GITEA_VERSION: "1.25.3" };
 
 describe("notify", () => {
-  let kfp: KfpServer;
-  let ntfy: NtfyServer;
-  beforeAll(async () => {
-    kfp = await startKfpServer();
-    ntfy = await startNtfyServer({ token: NTFY_TOKEN });
-  });
-  afterAll(async () => {
-    await kfp.stop();
-    await ntfy.stop();
-  });
-  beforeEach(() => {
-    kfp.reset();
-    ntfy.published.length = 0;
-    ntfy.requests.length = 0;
-  });
+  const peers = usePeers({ ntfy: { token: NTFY_TOKEN } });
   const sync = (dir: string, args: string[] = [], env: Record<string, string> = {}) =>
-    run(["--host", kfp.url, "--out-dir", scratch(), "--version-tag", "v20260213-143022", ...args], {
+    run(["--host", peers.kfp.url, "--out-dir", scratch(), "--version-tag", "v20260213-143022", ...args], {
       cwd: dir,
-      env: { NTFY_URL: `${ntfy.url}/gitea-ci`, NTFY_TOKEN, ...RUN_ENV, ...env },
+      env: { NTFY_URL: `${peers.ntfy.url}/gitea-ci`, NTFY_TOKEN, ...RUN_ENV, ...env },
     });
 
   test("success: counts, version tag, run link and KFP link; default priority; token sent, never echoed", async () => {
     const r = await sync(examplesCopy());
     expect(r.code).toBe(0);
-    expect(ntfy.published.length).toBe(1);
-    const note = ntfy.published[0]!;
+    expect(peers.ntfy.published.length).toBe(1);
+    const note = peers.ntfy.published[0]!;
     expect(note.topic).toBe("gitea-ci");
     expect(note.title).toBe("ml/pipelines: kfp-sync ok, 6 uploaded");
     expect(note.message).toContain("compiled 6 · uploaded 6 (created 6, versioned 0) · unchanged 0 · failed 0");
     expect(note.message).toContain("version v20260213-143022");
     expect(note.message).toContain("run: https://gitea.example/ml/pipelines/actions/runs/42");
-    expect(note.message).toContain(`kubeflow: ${kfp.url}/#/pipelines`);
+    expect(note.message).toContain(`kubeflow: ${peers.kfp.url}/#/pipelines`);
     // Sent, not left to ntfy's default: a dropped priority would also read as 3 on the server.
     expect(JSON.parse(note.raw).priority).toBe(3);
     expect(note.tags).toEqual(["white_check_mark", "kubeflow"]);
@@ -58,7 +44,7 @@ describe("notify", () => {
     fs.writeFileSync(path.join(dir, "café_pipeline.py"), "def broken(:\n");
     const r = await sync(dir);
     expect(r.code).toBe(1);
-    const note = ntfy.published[0]!;
+    const note = peers.ntfy.published[0]!;
     expect(note.title).toBe("ml/pipelines: kfp-sync: 1 of 7 pipelines failed");
     expect(note.priority).toBe(4);
     expect(note.tags).toContain("warning");
@@ -71,7 +57,7 @@ describe("notify", () => {
     for (let i = 0; i < 45; i++) files[`${"very_long_pipeline_file_name_for_the_team_".repeat(2)}${String(i).padStart(2, "0")}_pipeline.py`] = "syntax error here\n";
     const r = await sync(scratch(files), ["--jobs", "2"]);
     expect(r.code).toBe(1);
-    const note = ntfy.published[0]!;
+    const note = peers.ntfy.published[0]!;
     expect(note.title).toBe("ml/pipelines: kfp-sync failed: all 45 pipelines");
     expect(Buffer.byteLength(note.message!)).toBeLessThan(4096);
     const more = /and (\d+) more/.exec(note.message!);
@@ -82,7 +68,7 @@ describe("notify", () => {
 
   test("best effort: 401, 500 and an unreachable ntfy are warnings, the sync still succeeds", async () => {
     for (const status of [401, 500]) {
-      ntfy.failNext(status);
+      peers.ntfy.failNext(status);
       const r = await sync(examplesCopy(), ["evaluation_pipeline.py"]);
       expect(r.code, String(status)).toBe(0);
       expect(r.stderr).toContain(`notification not sent: HTTP ${status}`);
@@ -93,7 +79,7 @@ describe("notify", () => {
     expect(gone.code).toBe(0);
     expect(gone.stderr).toContain("notification not sent");
     // --ntfy-required turns it into a failed run.
-    ntfy.failNext(401);
+    peers.ntfy.failNext(401);
     const required = await sync(examplesCopy(), ["evaluation_pipeline.py", "--ntfy-required"]);
     expect(required.code).toBe(1);
     expect(required.stderr).toContain("check NTFY_TOKEN");
@@ -101,11 +87,11 @@ describe("notify", () => {
   });
 
   test("429: backs off and publishes once ntfy lets it", async () => {
-    ntfy.failNext(429, 2);
+    peers.ntfy.failNext(429, 2);
     const r = await sync(examplesCopy(), ["evaluation_pipeline.py"]);
     expect(r.code).toBe(0);
-    expect(ntfy.requests.filter((q) => q.status === 429).length).toBe(2);
-    expect(ntfy.published.length).toBe(1);
+    expect(peers.ntfy.requests.filter((q) => q.status === 429).length).toBe(2);
+    expect(peers.ntfy.published.length).toBe(1);
     expect(r.stderr).toContain("notified");
   });
 
@@ -119,15 +105,15 @@ describe("notify", () => {
   });
 
   test("--dry-run prints the notification it would send and sends nothing", async () => {
-    const r = await run(["--dry-run", "--out-dir", scratch()], { cwd: EXAMPLES, env: { NTFY_URL: `${ntfy.url}/gitea-ci`, NTFY_TOKEN, ...RUN_ENV } });
+    const r = await run(["--dry-run", "--out-dir", scratch()], { cwd: EXAMPLES, env: { NTFY_URL: `${peers.ntfy.url}/gitea-ci`, NTFY_TOKEN, ...RUN_ENV } });
     expect(r.code).toBe(0);
-    expect(r.stderr).toContain(`dry run: would notify ${ntfy.url}/gitea-ci`);
+    expect(r.stderr).toContain(`dry run: would notify ${peers.ntfy.url}/gitea-ci`);
     expect(r.stderr).toContain('"topic": "gitea-ci"');
-    expect(ntfy.requests.length).toBe(0);
+    expect(peers.ntfy.requests.length).toBe(0);
   });
 
   test("no NTFY_URL (or the secret is empty, as an unset one reaches the job): no notification, and the log says so once", async () => {
-    const r = await run(["--host", kfp.url, "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { NTFY_URL: "" } });
+    const r = await run(["--host", peers.kfp.url, "--out-dir", scratch(), "evaluation_pipeline.py"], { cwd: examplesCopy(), env: { NTFY_URL: "" } });
     expect(r.code).toBe(0);
     expect(r.stderr.match(/notification/g)).toEqual(["notification"]);
     expect(r.stderr).toContain("ℹ no --ntfy-url/NTFY_URL: no notification is sent");
@@ -139,9 +125,9 @@ describe("notify", () => {
     const dir = examplesCopy();
     fs.writeFileSync(path.join(dir, "broken_pipeline.py"), "def broken(:\n");
     await sync(dir);
-    expect(ntfy.published[0]!.raw).toContain('"priority":4');
+    expect(peers.ntfy.published[0]!.raw).toContain('"priority":4');
     await sync(examplesCopy(), ["evaluation_pipeline.py"]);
-    expect(ntfy.published[1]!.raw).toContain('"priority":3');
+    expect(peers.ntfy.published[1]!.raw).toContain('"priority":3');
   });
 
   test("file names full of quotes, backslashes and control characters: the whole JSON request stays under ntfy's 8,192 bytes", async () => {
@@ -152,8 +138,8 @@ describe("notify", () => {
     const r = await sync(scratch(files), ["--jobs", "2"]);
     expect(r.code).toBe(1);
     expect(r.stderr).not.toContain("notification not sent");
-    expect(ntfy.published.length).toBe(1);
-    const note = ntfy.published[0]!;
+    expect(peers.ntfy.published.length).toBe(1);
+    const note = peers.ntfy.published[0]!;
     expect(Buffer.byteLength(note.raw)).toBeLessThanOrEqual(8191);
     expect(Buffer.byteLength(note.message!)).toBeLessThan(4096);
     const more = /and (\d+) more/.exec(note.message!);
@@ -175,10 +161,10 @@ describe("notify", () => {
 
   test("?auth= that ntfy can read (base64url, no padding, of the whole header) publishes and is never printed", async () => {
     const auth = Buffer.from(`Bearer ${NTFY_TOKEN}`).toString("base64url");
-    const r = await sync(examplesCopy(), ["evaluation_pipeline.py"], { NTFY_URL: `${ntfy.url}/gitea-ci?auth=${auth}`, NTFY_TOKEN: "" });
+    const r = await sync(examplesCopy(), ["evaluation_pipeline.py"], { NTFY_URL: `${peers.ntfy.url}/gitea-ci?auth=${auth}`, NTFY_TOKEN: "" });
     expect(r.code).toBe(0);
-    expect(ntfy.published.length).toBe(1);
-    expect(r.stderr).toContain(`notified ${ntfy.url}/gitea-ci`);
+    expect(peers.ntfy.published.length).toBe(1);
+    expect(r.stderr).toContain(`notified ${peers.ntfy.url}/gitea-ci`);
     for (const secret of [auth, NTFY_TOKEN]) expect(r.stdout + r.stderr).not.toContain(secret);
   });
 
@@ -190,16 +176,16 @@ describe("notify", () => {
       [NTFY_TOKEN, "does not decode to an Authorization value"],
     ];
     for (const [value, why] of cases) {
-      const r = await sync(examplesCopy(), [], { NTFY_URL: `${ntfy.url}/gitea-ci?auth=${encodeURIComponent(value)}`, NTFY_TOKEN: "" });
+      const r = await sync(examplesCopy(), [], { NTFY_URL: `${peers.ntfy.url}/gitea-ci?auth=${encodeURIComponent(value)}`, NTFY_TOKEN: "" });
       expect(r.code, why).toBe(2);
       expect(r.stderr).toContain("ntfy cannot read its auth= parameter");
       expect(r.stderr).toContain(why);
       expect(r.stderr).toContain("base64url without padding");
       expect(r.stdout + r.stderr).not.toContain(value);
       expect(r.stdout + r.stderr).not.toContain(encodeURIComponent(value));
-      expect(kfp.state().pipelines.length).toBe(0);
+      expect(peers.kfp.state().pipelines.length).toBe(0);
     }
-    expect(ntfy.requests.length).toBe(0);
+    expect(peers.ntfy.requests.length).toBe(0);
   });
 
   test("NTFY_URL errors name the ntfy options and repeat no credentials", async () => {
@@ -209,7 +195,7 @@ describe("notify", () => {
     expect(withUser.stderr).not.toContain("KFP_COOKIE");
     expect(withUser.stderr).not.toContain("url-pa55-word");
     const auth = Buffer.from(`Bearer ${NTFY_TOKEN}`).toString("base64url");
-    const noTopic = await sync(examplesCopy(), [], { NTFY_URL: `${ntfy.url}/?auth=${auth}` });
+    const noTopic = await sync(examplesCopy(), [], { NTFY_URL: `${peers.ntfy.url}/?auth=${auth}` });
     expect(noTopic.code).toBe(2);
     expect(noTopic.stderr).toContain("must end with a topic name");
     expect(noTopic.stderr).not.toContain(auth);
@@ -234,13 +220,13 @@ describe("notify", () => {
   });
 
   test("--ntfy-required and a failed notification: the last line says the run failed and why", async () => {
-    ntfy.failNext(401);
+    peers.ntfy.failNext(401);
     const r = await sync(examplesCopy(), ["evaluation_pipeline.py", "--ntfy-required"]);
     expect(r.code).toBe(1);
     const last = r.stderr.trimEnd().split("\n").at(-1)!;
     expect(last).toStartWith("✖ run failed, --ntfy-required: notification not sent: HTTP 401");
     // Without --ntfy-required the same failure leaves a green last line.
-    ntfy.failNext(401);
+    peers.ntfy.failNext(401);
     const optional = await sync(examplesCopy(), ["evaluation_pipeline.py"]);
     expect(optional.code).toBe(0);
     expect(optional.stderr.trimEnd().split("\n").at(-1)!).toStartWith("✔ 1/1 compiled");
@@ -250,9 +236,9 @@ describe("notify", () => {
   async function interrupted(env: Record<string, string> = {}, ready?: () => boolean) {
     const dir = scratch({ "spin_pipeline.py": "import time\nwhile True:\n    time.sleep(0.1)\n" });
     fs.copyFileSync(path.join(EXAMPLES, "evaluation_pipeline.py"), path.join(dir, "a_pipeline.py"));
-    const args = ["--host", kfp.url, "--out-dir", scratch(), "--version-tag", "v20260213-143022", "--timeout", "60"];
+    const args = ["--host", peers.kfp.url, "--out-dir", scratch(), "--version-tag", "v20260213-143022", "--timeout", "60"];
     if (ready) args.push("a_pipeline.py");
-    const proc = Bun.spawn([BIN, ...args], { cwd: dir, env: cleanEnv({ NTFY_URL: `${ntfy.url}/gitea-ci`, NTFY_TOKEN, ...RUN_ENV, ...env }), stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn([BIN, ...args], { cwd: dir, env: cleanEnv({ NTFY_URL: `${peers.ntfy.url}/gitea-ci`, NTFY_TOKEN, ...RUN_ENV, ...env }), stdout: "pipe", stderr: "pipe" });
     const stdout = new Response(proc.stdout).text();
     const reader = proc.stderr.getReader();
     const decoder = new TextDecoder();
@@ -277,32 +263,32 @@ describe("notify", () => {
   test("SIGTERM: one final notification says the run was interrupted", async () => {
     const r = await interrupted();
     expect(r.code).toBe(143);
-    expect(ntfy.published.length).toBe(1);
-    const note = ntfy.published[0]!;
+    expect(peers.ntfy.published.length).toBe(1);
+    const note = peers.ntfy.published[0]!;
     expect(note.title).toBe("ml/pipelines: kfp-sync interrupted (SIGTERM)");
     expect(note.message).toContain("interrupted by SIGTERM");
     expect(note.priority).toBe(4);
-    expect(r.stderr).toContain(`notified ${ntfy.url}/gitea-ci that the run was interrupted`);
+    expect(r.stderr).toContain(`notified ${peers.ntfy.url}/gitea-ci that the run was interrupted`);
     expect(r.summary.problems.filter((p) => p.stage === "notify")).toEqual([]);
   });
 
   test("SIGTERM while the notification hangs: cut off, then the final notification says the run was interrupted", async () => {
-    await withServer(startFaultProxy(ntfy.url), async (proxy) => {
+    await withServer(startFaultProxy(peers.ntfy.url), async (proxy) => {
       proxy.add({ method: "POST", times: 1, fault: { kind: "stall", ms: 60_000 } });
       const r = await interrupted({ NTFY_URL: `${proxy.url}/gitea-ci` }, () => proxy.injected.length === 1);
       expect(r.code).toBe(143);
       expect(r.summary.pipelines[0]!.state).toBe("created");
-      expect(ntfy.published.map((n) => n.title)).toEqual(["ml/pipelines: kfp-sync interrupted (SIGTERM)"]);
+      expect(peers.ntfy.published.map((n) => n.title)).toEqual(["ml/pipelines: kfp-sync interrupted (SIGTERM)"]);
       expect(r.stderr).toContain("that the run was interrupted");
       expect(r.stderr).not.toContain("cannot reach");
     });
   });
 
   test("SIGTERM and ntfy refuses the final notification: reported as not sent, with ntfy's answer", async () => {
-    ntfy.failNext(500);
+    peers.ntfy.failNext(500);
     const r = await interrupted();
     expect(r.code).toBe(143);
-    expect(ntfy.requests.length).toBe(1);
+    expect(peers.ntfy.requests.length).toBe(1);
     const problems = r.summary.problems.filter((p) => p.stage === "notify").map((p) => p.message);
     expect(problems).toEqual(["the run was interrupted; notification not sent: HTTP 500 — internal server error"]);
     expect(r.stderr).not.toContain("cannot reach");

@@ -2,29 +2,15 @@
  * Where compiled YAML goes, when it cannot go there, and compile results a hostile or vanishing
  * file produces: still one JSON document, a clear problem, a notification, the right exit code.
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { BIN, EXAMPLES, cleanEnv, examplesCopy, run, scratch, type RunResult, type Summary } from "./helpers";
-import { startKfpServer, type KfpServer } from "./kfp-server";
-import { startNtfyServer, type NtfyServer } from "./ntfy-server";
+import { usePeers } from "./with-server.ts";
 
 const TWO = { "evaluation_pipeline.py": { from: path.join(EXAMPLES, "evaluation_pipeline.py") }, "document_ingestion_pipeline.py": { from: path.join(EXAMPLES, "document_ingestion_pipeline.py") } };
 
-let kfp: KfpServer;
-let ntfy: NtfyServer;
-beforeAll(async () => {
-  kfp = await startKfpServer();
-  ntfy = await startNtfyServer();
-});
-afterAll(async () => {
-  await kfp.stop();
-  await ntfy.stop();
-});
-beforeEach(() => {
-  kfp.reset();
-  ntfy.published.length = 0;
-});
+const peers = usePeers();
 
 /**
  * Run in `dir` mounted read-only. Root ignores mode bits but not a read-only mount; a private
@@ -39,7 +25,7 @@ async function runReadOnly(dir: string, args: string[], env: Record<string, stri
   return { code, stdout, stderr, json: () => JSON.parse(stdout) as Summary };
 }
 
-const notifyEnv = () => ({ NTFY_URL: `${ntfy.url}/ci` });
+const notifyEnv = () => ({ NTFY_URL: `${peers.ntfy.url}/ci` });
 const failedWith = (s: Summary, file: string) => s.pipelines.find((p) => p.file === file)!.error?.message as string | undefined;
 
 describe("an out dir that cannot be written", () => {
@@ -56,14 +42,14 @@ describe("an out dir that cannot be written", () => {
   });
 
   test("read-only checkout, real run: each pipeline fails clearly, nothing uploaded, notified, exit 1", async () => {
-    const r = await runReadOnly(scratch(TWO), ["--host", kfp.url], notifyEnv());
+    const r = await runReadOnly(scratch(TWO), ["--host", peers.kfp.url], notifyEnv());
     expect(r.code).toBe(1);
     const s = r.json();
     expect(s.counts).toMatchObject({ found: 2, failed: 2, uploaded: 0 });
     expect(failedWith(s, "document_ingestion_pipeline.py")).toBe("cannot write the compiled YAML to .kfp-sync/document_ingestion_pipeline.yaml: read-only file system (EROFS)");
     expect(s.pipelines[0]!.error.hint).toContain("--out-dir");
-    expect(kfp.requests.filter((q) => q.method === "POST")).toEqual([]);
-    expect(ntfy.published.length).toBe(1);
+    expect(peers.kfp.requests.filter((q) => q.method === "POST")).toEqual([]);
+    expect(peers.ntfy.published.length).toBe(1);
   });
 
   test("a dangling .kfp-sync symlink: the link is named; a dry run still works", async () => {
@@ -72,34 +58,34 @@ describe("an out dir that cannot be written", () => {
     const dry = await run(["--dry-run"], { cwd: dir });
     expect(dry.code).toBe(0);
     expect(dry.json().problems[0]!.message).toContain("the out dir is a symbolic link to gone/away, which does not exist");
-    const real = await run(["--host", kfp.url], { cwd: dir, env: notifyEnv() });
+    const real = await run(["--host", peers.kfp.url], { cwd: dir, env: notifyEnv() });
     expect(real.code).toBe(1);
     expect(failedWith(real.json(), "evaluation_pipeline.py")).toContain("the out dir is a symbolic link to gone/away, which does not exist");
-    expect(ntfy.published.length).toBe(1);
+    expect(peers.ntfy.published.length).toBe(1);
     expect(fs.readlinkSync(path.join(dir, ".kfp-sync"))).toBe("gone/away");
   });
 
   test("a folder where one YAML goes: that pipeline fails, the folder is kept, the other is uploaded", async () => {
     const dir = scratch(TWO);
     fs.mkdirSync(path.join(dir, ".kfp-sync/evaluation_pipeline.yaml/keep"), { recursive: true });
-    const r = await run(["--host", kfp.url], { cwd: dir, env: notifyEnv() });
+    const r = await run(["--host", peers.kfp.url], { cwd: dir, env: notifyEnv() });
     expect(r.code).toBe(1);
     const s = r.json();
     expect(failedWith(s, "evaluation_pipeline.py")).toBe("cannot write the compiled YAML to .kfp-sync/evaluation_pipeline.yaml: a folder is in the way (EISDIR)");
     expect(s.pipelines.find((p) => p.file === "document_ingestion_pipeline.py")!.state).toBe("created");
     expect(fs.existsSync(path.join(dir, ".kfp-sync/evaluation_pipeline.yaml/keep"))).toBe(true);
     expect(fs.readdirSync(path.join(dir, ".kfp-sync")).sort()).toEqual(["document_ingestion_pipeline.yaml", "evaluation_pipeline.yaml"]);
-    expect(ntfy.published.length).toBe(1);
+    expect(peers.ntfy.published.length).toBe(1);
   });
 
   test("an out dir below a file: one JSON document, each pipeline says why, exit 1", async () => {
     const dir = scratch({ ...TWO, "notes.txt": "not a folder\n" });
-    const r = await run(["--host", kfp.url, "--out-dir", "notes.txt/out"], { cwd: dir, env: notifyEnv() });
+    const r = await run(["--host", peers.kfp.url, "--out-dir", "notes.txt/out"], { cwd: dir, env: notifyEnv() });
     expect(r.code).toBe(1);
     const s = r.json();
     expect(failedWith(s, "evaluation_pipeline.py")).toBe("cannot write the compiled YAML to notes.txt/out/evaluation_pipeline.yaml: a part of the path is a file, not a folder (ENOTDIR)");
     expect(s.counts.failed).toBe(2);
-    expect(ntfy.published.length).toBe(1);
+    expect(peers.ntfy.published.length).toBe(1);
   });
 });
 

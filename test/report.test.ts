@@ -2,29 +2,14 @@
  * What leaves the process for people and for CI: hostile file names stay one escaped line, and no
  * secret appears in any output in any form (as given, JSON-escaped, URL-encoded, base64, cut short).
  */
-import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { secretsOf, writerFor } from "../kfp-sync.ts";
 import { EXAMPLES, examplesCopy, parseOutputs, run, scratch } from "./helpers";
-import { startKfpServer, type KfpServer } from "./kfp-server";
-import { startNtfyServer, type NtfyServer } from "./ntfy-server";
+import { usePeers } from "./with-server.ts";
 
-let kfp: KfpServer;
-let ntfy: NtfyServer;
-beforeAll(async () => {
-  kfp = await startKfpServer();
-  ntfy = await startNtfyServer();
-});
-afterAll(async () => {
-  await kfp.stop();
-  await ntfy.stop();
-});
-beforeEach(() => {
-  kfp.reset();
-  ntfy.published.length = 0;
-  ntfy.requests.length = 0;
-});
+const peers = usePeers();
 
 /** A run with every output the runner offers; returns each output's text. */
 async function runWithOutputs(dir: string, args: string[], env: Record<string, string> = {}) {
@@ -33,10 +18,10 @@ async function runWithOutputs(dir: string, args: string[], env: Record<string, s
   const stepSummary = path.join(files, "summary.md");
   const r = await run([...args, "--out-dir", scratch()], {
     cwd: dir,
-    env: { NTFY_URL: `${ntfy.url}/ci`, GITHUB_OUTPUT: outputs, GITHUB_STEP_SUMMARY: stepSummary, GITHUB_ACTIONS: "true", ...env },
+    env: { NTFY_URL: `${peers.ntfy.url}/ci`, GITHUB_OUTPUT: outputs, GITHUB_STEP_SUMMARY: stepSummary, GITHUB_ACTIONS: "true", ...env },
   });
   const read = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "");
-  return { ...r, outputs: read(outputs), stepSummary: read(stepSummary), notifications: ntfy.requests.map((q) => q.body) };
+  return { ...r, outputs: read(outputs), stepSummary: read(stepSummary), notifications: peers.ntfy.requests.map((q) => q.body) };
 }
 
 describe("file names with newlines and control characters", () => {
@@ -47,7 +32,7 @@ describe("file names with newlines and control characters", () => {
     const dir = examplesCopy();
     fs.writeFileSync(path.join(dir, EVIL), "x(:\n");
     fs.writeFileSync(path.join(dir, BELL), "x(:\n");
-    const r = await runWithOutputs(dir, ["--host", kfp.url]);
+    const r = await runWithOutputs(dir, ["--host", peers.kfp.url]);
     expect(r.code).toBe(1);
     const s = r.json();
     expect(s.pipelines.filter((p) => p.state === "failed").map((p) => p.file)).toEqual([EVIL, BELL]);
@@ -85,8 +70,8 @@ describe("secrets", () => {
   const leaks = (texts: string[], needles: string[]) => needles.filter((n) => texts.some((t) => t.includes(n)));
 
   test("a server that echoes the token URL-encoded, JSON-escaped or as a Basic header: scrubbed everywhere", async () => {
-    kfp.failNext(/healthz/, 401, 1, `denied: ${encodeURIComponent(TOKEN)} | ${JSON.stringify(TOKEN).slice(1, -1)} | Basic ${Buffer.from(NTFY_TOKEN).toString("base64")}`);
-    const r = await runWithOutputs(examplesCopy(), ["--host", kfp.url, "evaluation_pipeline.py"], { KFP_TOKEN: TOKEN, NTFY_TOKEN });
+    peers.kfp.failNext(/healthz/, 401, 1, `denied: ${encodeURIComponent(TOKEN)} | ${JSON.stringify(TOKEN).slice(1, -1)} | Basic ${Buffer.from(NTFY_TOKEN).toString("base64")}`);
+    const r = await runWithOutputs(examplesCopy(), ["--host", peers.kfp.url, "evaluation_pipeline.py"], { KFP_TOKEN: TOKEN, NTFY_TOKEN });
     expect(r.code).toBe(1);
     expect(r.json().pipelines[0]!.error.message).toContain("denied: *** | *** | ***");
     expect(leaks([r.stdout, r.stderr, r.outputs, r.stepSummary, ...r.notifications], [...forms(TOKEN), ...forms(NTFY_TOKEN)])).toEqual([]);
@@ -94,8 +79,8 @@ describe("secrets", () => {
 
   test("a token cut short by a length limit: its head is scrubbed too", async () => {
     // Server messages are cut at 500 characters: this one is cut 12 characters into the token.
-    kfp.failNext(/healthz/, 401, 1, `${"x".repeat(488)}${TOKEN}`);
-    const r = await runWithOutputs(examplesCopy(), ["--host", kfp.url, "evaluation_pipeline.py"], { KFP_TOKEN: TOKEN });
+    peers.kfp.failNext(/healthz/, 401, 1, `${"x".repeat(488)}${TOKEN}`);
+    const r = await runWithOutputs(examplesCopy(), ["--host", peers.kfp.url, "evaluation_pipeline.py"], { KFP_TOKEN: TOKEN });
     expect(r.code).toBe(1);
     expect(r.json().pipelines[0]!.error.message).toMatch(/x\*\*\* \(no identity reached the server/);
     expect(leaks([r.stdout, r.stderr, r.outputs, r.stepSummary, ...r.notifications], [TOKEN.slice(0, 12)])).toEqual([]);

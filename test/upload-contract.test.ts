@@ -13,7 +13,9 @@ import { fingerprintOf, serverFingerprint } from "../kfp-sync.ts";
 import { EXAMPLES, FIXTURES, run, scratch, withServer } from "./helpers";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 
-const CONTRACT = path.join(FIXTURES, "contract");
+// The specs are read where the contract keeps them, so the test cannot drift from a copy of them.
+const CONTRACT = path.join(import.meta.dir, "contracts/kfp-apiserver-2.17.0/specs");
+const SERVER_ANSWERS = path.join(FIXTURES, "contract");
 const writes = (server: KfpServer) => server.requests.filter((r) => r.method !== "GET");
 const sync = (dir: string, host: string, args: string[] = [], env: Record<string, string> = {}) =>
   run(["--host", host, "--out-dir", path.join(dir, ".out"), "--retries", "0", ...args], { cwd: dir, env });
@@ -374,6 +376,7 @@ describe("the newest second of versions, and version skew", () => {
 
 describe("a version uploaded by someone else (no kfp-sync marker) of the same spec is unchanged", () => {
   const read = (name: string) => fs.readFileSync(path.join(CONTRACT, name), "utf8");
+  const answer = (name: string) => JSON.parse(fs.readFileSync(path.join(SERVER_ANSWERS, name), "utf8"));
   const compiled = (name: string) => {
     const docs = YAML.parseAllDocuments(read(name)).map((d) => d.toJS());
     return fingerprintOf(docs[0], docs[1]);
@@ -382,11 +385,11 @@ describe("a version uploaded by someone else (no kfp-sync marker) of the same sp
   test("the recorded specs: as compiled, as PyYAML reads them, as the server returns them — one fingerprint", () => {
     for (const spec of ["defaults", "platform"]) {
       const local = compiled(`${spec}.yaml`);
-      expect(serverFingerprint(JSON.parse(read(`${spec}.server.json`))), `${spec}: server`).toBe(local);
+      expect(serverFingerprint(answer(`${spec}.server.json`)), `${spec}: server`).toBe(local);
       expect(serverFingerprint(JSON.parse(read(`${spec}.as-parsed.json`))), `${spec}: PyYAML`).toBe(local);
     }
     // The server's numbers stand for the strings kfp meant ("1e-4" → 0.0001, "0o17" → 15) …
-    const server = JSON.parse(read("defaults.server.json"));
+    const server = answer("defaults.server.json");
     expect(server.root.inputDefinitions.parameters.lr.defaultValue).toBe(0.0001);
     // … but a real change of a default is still a change.
     server.root.inputDefinitions.parameters.lr.defaultValue = 0.001;
@@ -395,7 +398,7 @@ describe("a version uploaded by someone else (no kfp-sync marker) of the same sp
 
   test("end to end: the compiled spec uploaded by a plain multipart POST, then kfp-sync: unchanged", async () => {
     await withServer(startKfpServer(), async (kfp) => {
-      const dir = scratch({ "defaults_pipeline.py": { from: path.join(CONTRACT, "defaults_pipeline.py") } });
+      const dir = scratch({ "defaults_pipeline.py": { from: path.join(CONTRACT, "sources/defaults_pipeline.py") } });
       const dry = await run(["--dry-run", "--out-dir", path.join(dir, ".out")], { cwd: dir });
       expect(dry.code, dry.stderr).toBe(0);
       const form = new FormData();
