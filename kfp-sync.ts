@@ -3063,8 +3063,17 @@ async function replaceRecurringRun(ctx: ScheduleContext, entry: ScheduleEntry, p
   try {
     await deleteRecurringRun(ctx, old);
   } catch (error) {
-    // The new one already runs as declared; taking it back to restore an outdated one would be worse.
-    return { state: "failed", recurringRunId: created.recurring_run_id, leftAs: { old: `disabled, not deleted (${old.recurring_run_id})`, new: entry.enabled ? "enabled" : "disabled" }, failure: `replace: the new recurring run is in place, but deleting the old one failed: ${messageOf(error)}; it is left disabled and reported as orphaned next time (--prune-schedules deletes it)` };
+    // Issue 18: whatever step fails, the old one stays as it was and the new one goes. The new one
+    // is disabled first, so that the two never run side by side; if even that fails, the new one
+    // stays the only enabled one and the report says so.
+    if (entry.enabled) {
+      try {
+        await setEnabled(ctx, created, false);
+      } catch (again) {
+        return { state: "failed", recurringRunId: created.recurring_run_id, leftAs: { old: `disabled, not deleted (${old.recurring_run_id})`, new: "enabled" }, failure: `replace: deleting the old recurring run failed (${messageOf(error)}), and disabling the new one to go back failed too (${messageOf(again)}): the new one runs as declared, the old one is left disabled and reported as orphaned next time` };
+      }
+    }
+    return undo("deleting the old recurring run failed", error, oldWasEnabled);
   }
   return { state: "replaced", recurringRunId: created.recurring_run_id };
 }

@@ -344,19 +344,22 @@ describe("schedules: replace safely, orphans, dry run, multi-user", () => {
       expect(runs.length).toBe(1);
       expect(runs[0]).toMatchObject({ status: "ENABLED", trigger: { cron_schedule: { cron: "0 0 4 * * *" } } });
 
-      // Only the last step, deleting the old one, fails: the new one stays in place (enabled), the old
-      // one is left disabled, said so, and reported as orphaned by the next sync.
+      // Only the last step, deleting the old one, fails: as for any step, the old one is enabled
+      // again and the new one (disabled first, never two enabled) is removed; the next sync replaces.
       const replacedBy = runs[0]!.recurring_run_id;
       fs.writeFileSync(path.join(dir, "kfp-sync.yaml"), one("0 0 5 * * *"));
       proxy.add({ method: "DELETE", path: /\/recurringruns\//, times: 1, fault: { kind: "status", status: 500, body: '{"code":13,"message":"boom"}' } });
       const r4 = await sync(dir, proxy);
       expect(r4.code).toBe(1);
       const o4 = r4.json().schedules[0];
-      expect(o4).toMatchObject({ state: "failed", leftAs: { old: `disabled, not deleted (${replacedBy})`, new: "enabled" } });
+      expect(o4).toMatchObject({ state: "failed", recurringRunId: replacedBy, leftAs: { old: "enabled again", new: "removed" } });
+      expect(o4.error.message).toContain("deleting the old recurring run failed");
       runs = await recurringRuns(server);
-      expect(runs.map((x) => [x.recurring_run_id === replacedBy, x.status]).sort()).toEqual([[false, "ENABLED"], [true, "DISABLED"]]);
+      expect(runs.map((x) => [x.recurring_run_id, x.status, x.trigger.cron_schedule.cron])).toEqual([[replacedBy, "ENABLED", "0 0 4 * * *"]]);
       const r5 = await sync(dir, proxy);
-      expect(r5.json().schedules.map((x: any) => [x.recurringRunId, x.state])).toEqual([[o4.recurringRunId, "unchanged"], [replacedBy, "orphaned"]]);
+      expect(r5.json().schedules.map((x: any) => x.state)).toEqual(["replaced"]);
+      runs = await recurringRuns(server);
+      expect(runs.map((x) => [x.status, x.trigger.cron_schedule.cron])).toEqual([["ENABLED", "0 0 5 * * *"]]);
       expect(proxy.injected.length).toBe(4);
     } finally {
       await proxy.stop();
