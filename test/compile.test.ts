@@ -386,7 +386,7 @@ describe("compile: nothing a pipeline file starts outlives the run", () => {
     while (!fs.existsSync(path.join(dir, "started"))) await Bun.sleep(50);
     const driver = childrenOf(proc.pid);
     expect(driver.length).toBe(1);
-    expect(fs.readFileSync(`/proc/${driver[0]}/cmdline`, "latin1")).toContain("\0-c\0");
+    expect(fs.readFileSync(`/proc/${driver[0]}/cmdline`, "latin1")).toContain("kfp_sync_driver.py\0");
     process.kill(driver[0]!, "SIGKILL");
     expect(await proc.exited).toBe(1);
     const s = JSON.parse(await stdout);

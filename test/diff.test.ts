@@ -10,7 +10,8 @@ import * as path from "node:path";
 import { run, scratch } from "./helpers";
 import { startNtfyServer, type NtfyServer } from "./ntfy-server";
 import { syncTarget, type SyncTarget } from "./kfp-target";
-import { canonicalServerSpec, canonicalSpec, diffSpecs, fingerprintOf, newPipelineChanges, serverFingerprint } from "../kfp-sync.ts";
+import YAML from "yaml";
+import { canonicalServerSpec, canonicalSpec, diffSpecs, fingerprintOf, newPipelineChanges, serverFingerprint, yamlDocuments } from "../kfp-sync.ts";
 
 // One pipeline with one of each kind the diff must name; `edit` below changes each of them.
 const PIPELINE = `from kfp import dsl, kubernetes
@@ -197,6 +198,22 @@ describe("diff", () => {
 // The pure functions, beside the end-to-end tests above: cases the examples cannot reach.
 
 describe("diff: the pure functions", () => {
+  test("yamlDocuments reads a YAML stream as the yaml package does: one document, several, a list, none", () => {
+    const texts = [
+      "# PIPELINE DEFINITION\npipelineInfo:\n  name: p\nroot:\n  dag: {}\n",
+      "pipelineInfo:\n  name: p\n---\nplatforms:\n  kubernetes: {}\n",
+      "---\n- a\n- b\n",
+      "- a\n---\n- b\n",
+      "%YAML 1.2\n---\na: 1\n",
+      "a: 1e3\nb: 0o17\nc: 1.0e-05\nd: yes\ne: '1'\nf: ~\ng: 1_000\nh: -.inf\n",
+      "x: |\n  line 1\n  line 2\ny: >-\n  folded\n  text\n",
+    ];
+    for (const text of texts) expect(yamlDocuments(text), text).toEqual(YAML.parseAllDocuments(text).map((d) => d.toJS()));
+    expect(yamlDocuments("")).toEqual([]);
+    expect(yamlDocuments("# only a comment\n")).toEqual([]);
+    expect(() => yamlDocuments("{a: [1, 2")).toThrow();
+  });
+
   const ir = (over: Record<string, unknown> = {}) => ({
     pipelineInfo: { name: "p" },
     sdkVersion: "kfp-2.17.3",
