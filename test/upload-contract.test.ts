@@ -1,6 +1,6 @@
 /**
- * Stage 3, upload, held to what the real KFP 2.17.0 API server does (the recorded contract, see
- * test/fixtures/contract/README.md): query escaping, limits, answers that are not the API's,
+ * Stage 3, upload, held to what the real KFP 2.17.0 API server does (the recorded contract,
+ * test/contracts/kfp-apiserver-2.17.0/): query escaping, limits, answers that are not the API's,
  * multi-user sharing and identity, same-second versions, version skew, specs uploaded by others.
  * The binary runs against test/kfp-server.ts; where a case needs a gateway in front of KFP (a login
  * page, a redirect, a proxy's `{}`), a small loopback stand-in forwards everything else to it.
@@ -10,12 +10,12 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import YAML from "yaml";
 import { fingerprintOf, serverFingerprint } from "../kfp-sync.ts";
-import { EXAMPLES, FIXTURES, run, scratch, withServer } from "./helpers";
+import { EXAMPLES, run, scratch, withServer } from "./helpers";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 
 // The specs are read where the contract keeps them, so the test cannot drift from a copy of them.
 const CONTRACT = path.join(import.meta.dir, "contracts/kfp-apiserver-2.17.0/specs");
-const SERVER_ANSWERS = path.join(FIXTURES, "contract");
+const CASES = path.join(import.meta.dir, "contracts/kfp-apiserver-2.17.0/cases.json");
 const writes = (server: KfpServer) => server.requests.filter((r) => r.method !== "GET");
 const sync = (dir: string, host: string, args: string[] = [], env: Record<string, string> = {}) =>
   run(["--host", host, "--out-dir", path.join(dir, ".out"), "--retries", "0", ...args], { cwd: dir, env });
@@ -376,7 +376,13 @@ describe("the newest second of versions, and version skew", () => {
 
 describe("a version uploaded by someone else (no kfp-sync marker) of the same spec is unchanged", () => {
   const read = (name: string) => fs.readFileSync(path.join(CONTRACT, name), "utf8");
-  const answer = (name: string) => JSON.parse(fs.readFileSync(path.join(SERVER_ANSWERS, name), "utf8"));
+  // The pipeline_spec the real server returned for a spec, re-marshalled ("1e-4" → 0.0001, "0o17" → 15,
+  // 9007199254740992.0 → 9007199254740992, the {pipeline_spec, platform_spec} wrapper): cases get-version-*.
+  const answer = (spec: string) => {
+    const recorded = (JSON.parse(fs.readFileSync(CASES, "utf8")) as Array<{ name: string; response: { body: { pipeline_spec: any } } }>).find((c) => c.name === `get-version-${spec}`);
+    if (!recorded) throw new Error(`the recorded contract has no case get-version-${spec}`);
+    return recorded.response.body.pipeline_spec;
+  };
   const compiled = (name: string) => {
     const docs = YAML.parseAllDocuments(read(name)).map((d) => d.toJS());
     return fingerprintOf(docs[0], docs[1]);
@@ -385,11 +391,11 @@ describe("a version uploaded by someone else (no kfp-sync marker) of the same sp
   test("the recorded specs: as compiled, as PyYAML reads them, as the server returns them — one fingerprint", () => {
     for (const spec of ["defaults", "platform"]) {
       const local = compiled(`${spec}.yaml`);
-      expect(serverFingerprint(answer(`${spec}.server.json`)), `${spec}: server`).toBe(local);
+      expect(serverFingerprint(answer(spec)), `${spec}: server`).toBe(local);
       expect(serverFingerprint(JSON.parse(read(`${spec}.as-parsed.json`))), `${spec}: PyYAML`).toBe(local);
     }
     // The server's numbers stand for the strings kfp meant ("1e-4" → 0.0001, "0o17" → 15) …
-    const server = answer("defaults.server.json");
+    const server = answer("defaults");
     expect(server.root.inputDefinitions.parameters.lr.defaultValue).toBe(0.0001);
     // … but a real change of a default is still a change.
     server.root.inputDefinitions.parameters.lr.defaultValue = 0.001;
