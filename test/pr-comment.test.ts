@@ -1,5 +1,5 @@
 /**
- * Issue 17: the plan as one comment on a pull request, against a real Gitea 1.27.3 on loopback
+ * Issue 17: the plan as one comment on a pull request, against a real Gitea, 1.27.3 and 1.26.0, on loopback
  * (test/peers/gitea/start.sh, cached in ~/.cache/kfp-sync-peers) and the KFP imitation. The binary
  * runs as the plan workflow's step would: a pull_request event file, the job's environment, a token.
  * The shipped plan.yaml run by Gitea's runner is in e2e-gitea.test.ts (issue 19 item 7).
@@ -11,7 +11,7 @@ import { ROOT, examplesCopy, run, scratch } from "./helpers";
 import { startKfpServer, type KfpServer } from "./kfp-server";
 
 const MARKER = "<!-- kfp-sync plan -->";
-let gitea: { url: string; token: string; dir: string };
+let gitea: { url: string; token: string; dir: string; version: string };
 let kfp: KfpServer;
 const REPO = "kfp-admin/plan-test";
 
@@ -24,18 +24,21 @@ async function api<T = any>(method: string, route: string, body?: unknown): Prom
 
 beforeAll(async () => {
   kfp = await startKfpServer();
-  const proc = Bun.spawn(["bash", path.join(ROOT, "test/peers/gitea/start.sh"), "--version", "1.27.3"], { stdout: "pipe", stderr: "pipe" });
-  const [out, err] = [await new Response(proc.stdout).text(), await new Response(proc.stderr).text()];
-  if ((await proc.exited) !== 0) throw new Error(`Gitea 1.27.3 could not be built or started (this test cannot run without it): ${err}`);
-  const v = Object.fromEntries(out.trim().split("\n").map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
-  gitea = { url: v.GITEA_URL!, token: v.GITEA_TOKEN!, dir: v.GITEA_DIR! };
-  await api("POST", "/user/repos", { name: "plan-test", private: true, auto_init: true, default_branch: "main" });
-}, 600_000);
+});
 
 afterAll(async () => {
   await kfp?.stop();
-  if (gitea) Bun.spawnSync(["bash", path.join(ROOT, "test/peers/gitea/stop.sh"), gitea.dir]);
-}, 60_000);
+});
+
+/** A real Gitea of this version (built once per machine), with the test's repository. */
+async function startGitea(version: string): Promise<void> {
+  const proc = Bun.spawn(["bash", path.join(ROOT, "test/peers/gitea/start.sh"), "--version", version], { stdout: "pipe", stderr: "pipe" });
+  const [out, err] = [await new Response(proc.stdout).text(), await new Response(proc.stderr).text()];
+  if ((await proc.exited) !== 0) throw new Error(`Gitea ${version} could not be built or started (this test cannot run without it): ${err}`);
+  const v = Object.fromEntries(out.trim().split("\n").map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]));
+  gitea = { url: v.GITEA_URL!, token: v.GITEA_TOKEN!, dir: v.GITEA_DIR!, version };
+  await api("POST", "/user/repos", { name: "plan-test", private: true, auto_init: true, default_branch: "main" });
+}
 
 let branches = 0;
 
@@ -56,7 +59,7 @@ const jobEnv = (event: string, token = gitea.token) => ({
   GITHUB_REPOSITORY: REPO,
   GITHUB_SERVER_URL: gitea.url,
   GITEA_ACTIONS: "true",
-  KFP_SYNC_GITEA_VERSION: "1.27.3",
+  KFP_SYNC_GITEA_VERSION: gitea.version,
   GITEA_TOKEN: token,
 });
 
@@ -64,7 +67,12 @@ async function planComments(number: number): Promise<{ id: number; body: string;
   return (await api<{ id: number; body: string; updated_at: string }[]>("GET", `/repos/${REPO}/issues/${number}/comments`)).filter((c) => c.body.includes(MARKER));
 }
 
-describe("the plan comment on a real Gitea 1.27.3", () => {
+for (const version of ["1.27.3", "1.26.0"]) describe(`the plan comment on a real Gitea ${version}`, () => {
+  beforeAll(() => startGitea(version), 600_000);
+  afterAll(() => {
+    if (gitea) Bun.spawnSync(["bash", path.join(ROOT, "test/peers/gitea/stop.sh"), gitea.dir]);
+  }, 60_000);
+
   test("run twice: one comment, edited in place with the new plan; other comments left alone; the token never printed", async () => {
     kfp.reset();
     const dir = examplesCopy();
