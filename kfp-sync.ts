@@ -1369,9 +1369,19 @@ export async function compileAll(
   // The driver runs from a file, not `python -c`: kfp calls inspect.stack() in every
   // set_cpu_limit & co., and a frame without a source file costs it a scan of all of sys.modules
   // (~8 ms per compile on the bench's pipelines, issue 16).
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-"));
+  let work: string;
+  try {
+    work = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-"));
+  } catch (error) {
+    throw new UsageError(`cannot make a scratch folder in ${os.tmpdir()} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}): point TMPDIR at a writable folder`, { cause: error });
+  }
   const script = path.join(work, "kfp_sync_driver.py");
-  fs.writeFileSync(script, COMPILE_DRIVER);
+  try {
+    fs.writeFileSync(script, COMPILE_DRIVER);
+  } catch (error) {
+    fs.rmSync(work, { recursive: true, force: true });
+    throw new UsageError(`cannot write to the scratch folder ${work} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}): free space there or point TMPDIR at another folder`, { cause: error });
+  }
   let driver: Bun.Subprocess<"pipe", "pipe", "pipe">;
   try {
     driver = Bun.spawn([cfg.python, script], { cwd: cfg.cwd, env: driverEnv(process.env as Env, run.secrets), stdin: "pipe", stdout: "pipe", stderr: "pipe" });
