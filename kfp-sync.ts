@@ -1122,6 +1122,9 @@ def compile_one(job, driver):
     os.close(WAKE[0])
     os.close(WAKE[1])
     os.close(events.fileno())  # a process the file leaves behind must not hold kfp-sync's channel open
+    # As under python -c: a multiprocessing worker (spawn, forkserver) re-runs a __main__ that has
+    # a file, and this one is the driver. Its frames stay cheap for inspect: the warm-up cached them.
+    del sys.modules["__main__"].__file__
     log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -1544,7 +1547,9 @@ async function resultOf(file: PipelineFile, job: { output: string; final: string
  * as an array; an empty document first makes every stream an array, a list document included.
  */
 export function yamlDocuments(text: string): unknown[] {
-  const parsed = Bun.YAML.parse(`{}\n...\n${text}`) as unknown;
+  // Bun 1.4 merges a quoted '<<' key as if it were the merge key; PyYAML writes a dict key "<<" so.
+  if (text.includes("<<")) return YAML.parseAllDocuments(text).map((d) => d.toJS());
+  const parsed = Bun.YAML.parse(`{}\n...\n${text.replace(/^\uFEFF/, "")}`) as unknown;
   return Array.isArray(parsed) ? parsed.slice(1) : [];
 }
 

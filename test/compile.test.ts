@@ -112,6 +112,33 @@ describe("compile: bad files are reported per file, the rest still compiles", ()
     expect(r.stderr.length).toBeLessThan(100_000);
   });
 
+  test("a pipeline file that starts a multiprocessing pool (spawn) at import compiles, and the workers do not re-run kfp-sync's driver", async () => {
+    const dir = scratch({
+      "pool_helper.py": "import sys\n\n\ndef driver_ran(_):\n    return 'kfp' in sys.modules or hasattr(sys.modules.get('__mp_main__'), 'compile_one')\n",
+      "pool_pipeline.py": [
+        "import multiprocessing",
+        "import pool_helper",
+        "from kfp import dsl",
+        "",
+        "with multiprocessing.get_context('spawn').Pool(2) as pool:",
+        "    if any(pool.map(pool_helper.driver_ran, range(2))):",
+        "        raise RuntimeError('a worker ran the compile driver')",
+        "",
+        "@dsl.container_component",
+        "def hello():",
+        "    return dsl.ContainerSpec(image='busybox', command=['echo', 'hi'])",
+        "",
+        "@dsl.pipeline(name='pool')",
+        "def p():",
+        "    hello()",
+        "",
+      ].join("\n"),
+    });
+    const r = await run(["--dry-run", "--out-dir", scratch()], { cwd: dir });
+    expect(r.json().pipelines[0]!.error?.message).toBeUndefined();
+    expect(r.code).toBe(0);
+  });
+
   test("an error raised in a sibling module points at that module's line", async () => {
     const dir = scratch({
       "shared_steps.py": "from kfp import dsl\n\n\ndef make():\n    raise KeyError('no such dataset')\n",
