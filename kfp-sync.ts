@@ -1118,6 +1118,7 @@ def compile_one(job, driver):
     os.setpgid(0, 0)  # so a timeout also ends whatever the file started
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)  # blocked by the driver around fork
     signal.set_wakeup_fd(-1)
     os.close(WAKE[0])
     os.close(WAKE[1])
@@ -1178,6 +1179,7 @@ def outcome(job, status, started):
     return {"ok": False, "ms": ms, "error": {"type": "Exited", "message": "the compile %s before it finished (os._exit or a crash in the file?)" % why, "file": job["file"], "line": None}}
 
 WAKE = os.pipe()
+STOPPING = {signal.SIGTERM, signal.SIGINT}
 for fd in WAKE:
     os.set_blocking(fd, False)
 
@@ -1201,9 +1203,12 @@ def main():
     while pending or running:
         while pending and len(running) < parallel:
             index = pending.pop(0)
+            # Until the child has its own handlers, a Ctrl-C or SIGTERM must not run the driver's stop() in it.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING)
             pid = os.fork()
             if pid == 0:
                 compile_one(jobs[index], me)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPPING)
             try:
                 os.setpgid(pid, pid)  # also here: a kill may come before the child has run
             except OSError:
