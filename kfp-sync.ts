@@ -184,7 +184,6 @@ export const args = {
   "kfp-version": { type: "string", description: "kfp SDK version you pinned; a different installed one is an error (env KFP_SYNC_KFP_VERSION)" },
   jobs: { type: "string", description: "Files compiled at once (env KFP_SYNC_JOBS) [CPU count]" },
   timeout: { type: "string", description: "Seconds one file may take to compile (env KFP_SYNC_TIMEOUT) [120]" },
-  preload: { type: "boolean", description: "Import the installed libraries the pipeline files import at their top once, before the compiles; --no-preload: each compile imports its own (env KFP_SYNC_PRELOAD) [on]" },
   "dry-run": { type: "boolean", description: "Find and compile; with a host, only read what would change. No writes (env KFP_SYNC_DRY_RUN)" },
   host: { type: "string", description: `KFP API server (env KFP_HOST) [${DEFAULT_HOST}]` },
   "ui-url": { type: "string", description: "KFP UI base for links (env KFP_UI_URL) [the host]" },
@@ -228,8 +227,6 @@ export interface Config {
   kfpVersion?: string;
   jobs: number;
   timeoutSec: number;
-  /** Import the files' installed libraries once in the compile driver (issue 16); see preload() there. */
-  preload: boolean;
   dryRun: boolean;
   /** Undefined in a dry run without an explicit host: then no network call at all. */
   host?: string;
@@ -504,7 +501,6 @@ export function resolveConfig(parsed: Record<string, unknown>, rawArgs: string[]
     kfpVersion: flag("kfp-version") ?? env.KFP_SYNC_KFP_VERSION,
     jobs,
     timeoutSec: wholeNumber(flag("timeout") ?? env.KFP_SYNC_TIMEOUT, 120, "--timeout", 1),
-    preload: typeof parsed.preload === "boolean" ? parsed.preload : env.KFP_SYNC_PRELOAD === undefined || env.KFP_SYNC_PRELOAD === "" || truthy(env.KFP_SYNC_PRELOAD),
     dryRun,
     host,
     uiUrl: uiValue ? parseHost(uiValue, "--ui-url/KFP_UI_URL", "a link needs none") : host,
@@ -1100,163 +1096,11 @@ try:
     warm_up()
 except Exception:
     pass  # only slower
-# Same switch as kfp dsl compile's --disable-execution-caching-by-default env var; set before any
-# pipeline is built, in a child or by a preloaded library.
-CACHING_DEFAULT = os.environ.get("KFP_DISABLE_EXECUTION_CACHING_BY_DEFAULT", "").lower() not in ("1", "true", "yes", "y", "on", "t")
-Pipeline._execution_caching_default = CACHING_DEFAULT
 gc.freeze()
 
 # Frames in these folders are Python's or kfp's, not the user's: an error points at the user's line.
 LIBRARY_DIRS = tuple(os.path.join(os.path.realpath(p), "") for p in {
     *sysconfig.get_paths().values(), *site.getsitepackages(), site.getusersitepackages()})
-
-def threads():
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        import threading
-        return threading.active_count()
-
-def leading_imports(file):
-    """The absolute imports of a file's leading import block (after its docstring and
-    __future__ imports, before its first other statement), in order: what the file imports in a
-    fresh process before any code of its own could change how they import."""
-    import ast
-    try:
-        with open(file, "rb") as f:
-            body = ast.parse(f.read()).body
-    except (OSError, SyntaxError, ValueError):
-        return []
-    names = []
-    for i, node in enumerate(body):
-        if i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            continue
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module != "__future__":
-                names.append(node.module)
-        else:
-            break
-    return names
-
-def local_names(files):
-    """Module names a compile could resolve in the files' own folders (kfp puts a file's folder
-    first on sys.path and imports the file by its name): a preload must not take one of them."""
-    names = set()
-    for folder in {os.path.dirname(f) for f in files}:
-        try:
-            entries = os.listdir(folder)
-        except OSError:
-            continue
-        for entry in entries:
-            names.add(entry.split(".")[0])
-    return names
-
-def from_library(name):
-    """Whether a module's top-level package comes from Python's or site-packages' folders."""
-    import importlib.util
-    try:
-        spec = importlib.util.find_spec(name.split(".")[0])
-    except (ImportError, ValueError):
-        return False
-    origins = [spec.origin] if spec and spec.origin else list(spec.submodule_search_locations or []) if spec else []
-    return bool(origins) and all(os.path.realpath(o).startswith(LIBRARY_DIRS) for o in origins)
-
-def kfp_bindings():
-    """Every function, class and class attribute of the kfp modules loaded now, by name: a library
-    that patches kfp when imported rebinds one of them."""
-    bound = {}
-    for name, module in list(sys.modules.items()):
-        if module is None or not (name == "kfp" or name.startswith("kfp.")):
-            continue
-        for attr, value in list(vars(module).items()):
-            if type(value) is type(sys):
-                continue  # a submodule, bound on its package when first imported
-            bound[(name, attr)] = value
-            if isinstance(value, type) and value.__module__ == name:
-                for key, member in list(vars(value).items()):
-                    bound[(name, attr, key)] = member
-    return bound
-
-def preload(jobs, timeout):
-    """Import once, here, the installed libraries the pipeline files import at their top (issue 16:
-    a component library such as GCPC costs each file far more to import than to compile), so that
-    every child starts from kfp and those libraries freshly imported, as it starts from kfp now.
-    Only modules from site-packages or the standard library, only a file's leading import block,
-    and only after a probe (a throw-away child) imported them all without starting a thread (a fork
-    after that is not safe), within the time, and without taking a name one of the files' folders
-    defines. Anything else: no preload, and each child imports for itself, as before."""
-    files = [job["file"] for job in jobs]
-    candidates = []
-    for file in files:
-        for name in leading_imports(file):
-            if name not in sys.modules and name not in candidates and from_library(name):
-                candidates.append(name)
-    if not candidates:
-        return []
-    import importlib
-    read, write = os.pipe()
-    before = {name.split(".")[0] for name in sys.modules}
-    pid = os.fork()
-    if pid == 0:
-        try:
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            os.setpgid(0, 0)
-            quiet = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(quiet, 1)
-            os.dup2(quiet, 2)
-            bound, fine = kfp_bindings(), []
-            for name in candidates:
-                try:
-                    importlib.import_module(name)
-                except BaseException:
-                    continue
-                if threads() > 1:
-                    break
-                fine.append(name)
-            taken = {name.split(".")[0] for name in sys.modules} - before
-            now = kfp_bindings()
-            patched = sorted(".".join(key) for key, value in bound.items() if now.get(key, value) is not value)
-            os.write(write, json.dumps({"fine": fine, "clash": sorted(taken & local_names(files)), "patched": patched}).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    answer, deadline = b"", time.monotonic() + timeout
-    while True:
-        ready = select.select([read], [], [], max(0, deadline - time.monotonic()))[0]
-        chunk = os.read(read, 65536) if ready else None
-        if not chunk:
-            break
-        answer += chunk
-    os.close(read)
-    if chunk is None:  # out of time: a library that hangs at import will show in each file's own compile
-        kill(pid)
-    os.waitpid(pid, 0)
-    try:
-        probe = json.loads(answer)
-    except ValueError:
-        return []
-    if probe["clash"] or probe["patched"]:
-        return []  # a file would see another library than in a fresh process, or a kfp another file's import changed
-    saved = [os.dup(1), os.dup(2)]
-    quiet = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(quiet, 1)
-    os.dup2(quiet, 2)
-    loaded = []
-    try:
-        for name in probe["fine"]:
-            try:
-                importlib.import_module(name)
-                loaded.append(name)
-            except BaseException:
-                pass
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, quiet):
-            os.close(fd)
-    return loaded
 
 def where(e, job):
     if isinstance(e, SyntaxError) and e.filename:
@@ -1287,7 +1131,9 @@ def compile_one(job, driver):
     os.dup2(log, 2)
     started = time.perf_counter()
     try:
-        Pipeline._execution_caching_default = CACHING_DEFAULT
+        # Same switch as kfp dsl compile's --disable-execution-caching-by-default env var.
+        off = os.environ.get("KFP_DISABLE_EXECUTION_CACHING_BY_DEFAULT", "").lower() in ("1", "true", "yes", "y", "on", "t")
+        Pipeline._execution_caching_default = not off
         func = kfp_cli.collect_pipeline_or_component_func(python_file=job["file"], function_name=job.get("function"))
         compiler.Compiler().compile(pipeline_func=func, pipeline_parameters={}, package_path=job["output"], type_check=True)
         result = {"ok": True}
@@ -1340,9 +1186,6 @@ for fd in WAKE:
 def main():
     request = json.loads(sys.stdin.read() or "{}")
     jobs, parallel, timeout = request.get("jobs", []), max(1, request.get("parallel", 1)), request.get("timeout", 120)
-    if request.get("preload", True):
-        emit(event="preloaded", modules=preload(jobs, min(timeout, 60)))
-        gc.freeze()
     pending, running, parent, me = list(range(len(jobs))), {}, os.getppid(), os.getpid()
 
     def stop(*_):
@@ -1405,8 +1248,7 @@ main()
 `;
 
 interface DriverEvent {
-  event: "ready" | "fatal" | "preloaded" | "done";
-  modules?: string[];
+  event: "ready" | "fatal" | "done";
   kfp?: string;
   python?: string;
   error?: string | { type: string; message: string; file: string; line: number | null };
@@ -1523,8 +1365,8 @@ export interface CompileRun {
 /** `run.driver` is the handle a signal uses to end the compiler (and with it every child). */
 export async function compileAll(
   files: PipelineFile[],
-  cfg: Pick<Config, "cwd" | "outDir" | "python" | "kfpVersion" | "jobs" | "timeoutSec" | "preload">,
-  run: Pick<RunContext, "stopped" | "driver" | "secrets" | "log">,
+  cfg: Pick<Config, "cwd" | "outDir" | "python" | "kfpVersion" | "jobs" | "timeoutSec">,
+  run: Pick<RunContext, "stopped" | "driver" | "secrets">,
   onResult: (result: CompileResult) => void = () => {},
 ): Promise<CompileRun> {
   if (run.stopped) {
@@ -1587,12 +1429,8 @@ export async function compileAll(
           // Compiled all the same, where we can write: a dry run needs no YAML kept, and a compile error still shows.
           if (job.notKept) job.output = path.join(work, `${i}.yaml`);
         });
-        driver.stdin.write(JSON.stringify({ jobs, parallel: cfg.jobs, timeout: cfg.timeoutSec, preload: cfg.preload }));
+        driver.stdin.write(JSON.stringify({ jobs, parallel: cfg.jobs, timeout: cfg.timeoutSec }));
         await driver.stdin.end();
-        continue;
-      }
-      if (event.event === "preloaded") {
-        if (event.modules?.length) run.log.debug(`imported once for every compile: ${event.modules.join(", ")}`);
         continue;
       }
       const index = event.index!;

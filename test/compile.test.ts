@@ -2,7 +2,7 @@
 import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, EXAMPLES, FIXTURES, PYTHON, ROOT, cleanEnv, examplesCopy, kfpDslCompile, processesIn, run, scratch, withServer } from "./helpers";
+import { BIN, EXAMPLES, FIXTURES, ROOT, cleanEnv, examplesCopy, kfpDslCompile, processesIn, run, scratch, withServer } from "./helpers";
 import { startKfpServer } from "./kfp-server";
 
 const TRICKY = path.join(FIXTURES, "tricky");
@@ -266,77 +266,6 @@ describe("compile: every pipeline of a file", () => {
         ["two-pipelines-pipeline-second-pipeline", "created"],
       ]);
     });
-  });
-});
-
-describe("compile: installed libraries the files import, imported once (preload)", () => {
-  const PRELOADED = /imported once for every compile: (.*)/;
-  const pipeline = (imports: string, name: string, body = "hello()") =>
-    `${imports}\nfrom kfp import dsl\n\n\n@dsl.container_component\ndef hello():\n    return dsl.ContainerSpec(image="busybox", command=["echo", "hi"])\n\n\n@dsl.pipeline(name=${name})\ndef p():\n    ${body}\n`;
-
-  test("a library the files import is imported once, yet every compile starts from it freshly imported, with kfp dsl compile's YAML", async () => {
-    // colorsys (standard library, not imported by kfp) stands for a component library; each file counts its imports in it.
-    const counted = 'import colorsys\ncolorsys.COUNT = getattr(colorsys, "COUNT", 0) + 1';
-    const dir = scratch({ "first_pipeline.py": pipeline(counted, 'f"first-{colorsys.COUNT}"'), "second_pipeline.py": pipeline(counted, 'f"second-{colorsys.COUNT}"') });
-    const r = await run(["--dry-run", "--verbose", "--out-dir", path.join(dir, ".out")], { cwd: dir });
-    expect(r.code, r.stderr).toBe(0);
-    expect(PRELOADED.exec(r.stderr)?.[1]).toBe("colorsys");
-    expect(r.json().pipelines.map((p) => p.name).sort()).toEqual(["first-1", "second-1"]);
-    for (const file of ["first_pipeline.py", "second_pipeline.py"]) {
-      const ref = await kfpDslCompile(path.join(dir, file));
-      expect(fs.readFileSync(path.join(dir, ".out", file.replace(".py", ".yaml")), "utf8"), file).toBe(ref.yaml!);
-    }
-    const off = await run(["--dry-run", "--verbose", "--no-preload", "--out-dir", scratch()], { cwd: dir });
-    expect(off.code).toBe(0);
-    expect(off.stderr).not.toMatch(PRELOADED);
-    expect(off.json().pipelines.map((p) => p.name).sort()).toEqual(["first-1", "second-1"]);
-  });
-
-  test("a module name the files' folder defines is never preloaded: the file imports its own, as under kfp dsl compile", async () => {
-    const dir = scratch({ "colorsys.py": "COUNT = 41\n", "local_pipeline.py": pipeline("import colorsys", 'f"local-{colorsys.COUNT + 1}"') });
-    const r = await run(["--dry-run", "--verbose", "--out-dir", scratch()], { cwd: dir });
-    expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).not.toMatch(PRELOADED);
-    expect(r.json().pipelines[0]!.name).toBe("local-42");
-  });
-
-  test("a library that patches kfp, starts a thread or hangs when imported is not preloaded; other files never see its patch", async () => {
-    const site = Bun.spawnSync([PYTHON, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.toString().trim();
-    const tag = `kfp_sync_test_${process.pid}`;
-    const modules: Record<string, string> = {
-      [`${tag}_patch`]: "from kfp.dsl import pipeline_task\n_set = pipeline_task.PipelineTask.set_display_name\npipeline_task.PipelineTask.set_display_name = lambda self, name: _set(self, 'patched')\n",
-      [`${tag}_thread`]: "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n",
-      [`${tag}_hang`]: "import time\ntime.sleep(60)\n",
-    };
-    try {
-      for (const [name, text] of Object.entries(modules)) fs.writeFileSync(path.join(site, `${name}.py`), text);
-      // A patch of kfp: the file that imports it is patched, the other file is not.
-      const patched = scratch({
-        "a_pipeline.py": pipeline(`import ${tag}_patch`, '"a"', 'hello().set_display_name("mine")'),
-        "b_pipeline.py": pipeline("import colorsys", '"b"', 'hello().set_display_name("mine")'),
-      });
-      const r1 = await run(["--dry-run", "--verbose", "--out-dir", path.join(patched, ".out")], { cwd: patched });
-      expect(r1.code, r1.stderr).toBe(0);
-      expect(r1.stderr).not.toMatch(PRELOADED);
-      expect(fs.readFileSync(path.join(patched, ".out/a_pipeline.yaml"), "utf8")).toContain("name: patched");
-      const b = fs.readFileSync(path.join(patched, ".out/b_pipeline.yaml"), "utf8");
-      expect(b).toContain("name: mine");
-      expect(b).not.toContain("patched");
-      // A thread at import: forking after it is not safe, so nothing is preloaded.
-      const threaded = scratch({ "c_pipeline.py": pipeline(`import ${tag}_thread`, '"c"'), "d_pipeline.py": pipeline("import colorsys", '"d"') });
-      const r2 = await run(["--dry-run", "--verbose", "--out-dir", scratch()], { cwd: threaded });
-      expect(r2.code, r2.stderr).toBe(0);
-      expect(r2.stderr).not.toMatch(PRELOADED);
-      // An import that hangs: the trial is given up after --timeout, and the file's own compile times out.
-      const hanging = scratch({ "e_pipeline.py": pipeline(`import ${tag}_hang`, '"e"') });
-      const started = performance.now();
-      const r3 = await run(["--dry-run", "--verbose", "--timeout", "3", "--out-dir", scratch()], { cwd: hanging });
-      expect(r3.code).toBe(1);
-      expect(r3.json().pipelines[0]!.error.message).toContain("did not finish in 3 s");
-      expect(performance.now() - started).toBeLessThan(40_000); // the import alone hangs for 60 s
-    } finally {
-      for (const name of Object.keys(modules)) fs.rmSync(path.join(site, `${name}.py`), { force: true });
-    }
   });
 });
 
