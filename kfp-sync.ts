@@ -92,6 +92,8 @@ export interface CompiledSpec {
   description?: string;
   output: string;
   yaml: string;
+  /** The YAML's documents, parsed once: the pipeline spec, then the platform spec if any. */
+  documents: unknown[];
   /** Hash of the canonical spec: what "unchanged" compares (see Upload). */
   fingerprint: string;
   ms: number;
@@ -986,7 +988,7 @@ import os, sys
 # folder) first on sys.path; kfp dsl compile, a console script, has no user folder there either.
 # Then a repository with types.py or json.py at its root cannot shadow the standard library (issue 16).
 DRIVER = os.path.realpath(__file__)
-if sys.path and sys.path[0] in ("", os.path.dirname(DRIVER)):
+if sys.path and sys.path[0] == os.path.dirname(DRIVER):
     del sys.path[0]
 import json, select, signal, site, sysconfig, time, traceback
 
@@ -1003,6 +1005,12 @@ os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 
 def emit(**event):
     events.write(json.dumps(event) + "\n")
+
+# The main loop's wake-up pipe (written on SIGCHLD) and the signals that stop the driver.
+WAKE = os.pipe()
+for fd in WAKE:
+    os.set_blocking(fd, False)
+STOPPING = {signal.SIGTERM, signal.SIGINT}
 
 try:
     import kfp
@@ -1178,11 +1186,6 @@ def outcome(job, status, started):
         why = "exited with code %d" % os.WEXITSTATUS(status)
     return {"ok": False, "ms": ms, "error": {"type": "Exited", "message": "the compile %s before it finished (os._exit or a crash in the file?)" % why, "file": job["file"], "line": None}}
 
-WAKE = os.pipe()
-STOPPING = {signal.SIGTERM, signal.SIGINT}
-for fd in WAKE:
-    os.set_blocking(fd, False)
-
 def main():
     request = json.loads(sys.stdin.read() or "{}")
     jobs, parallel, timeout = request.get("jobs", []), max(1, request.get("parallel", 1)), request.get("timeout", 120)
@@ -1246,6 +1249,8 @@ def main():
 
 main()
 `;
+
+const DRIVER_FILE = "kfp_sync_driver.py";
 
 interface DriverEvent {
   event: "ready" | "fatal" | "done";
@@ -1377,22 +1382,17 @@ export async function compileAll(
   // The driver runs from a file, not `python -c`: kfp calls inspect.stack() in every
   // set_cpu_limit & co., and a frame without a source file costs it a scan of all of sys.modules
   // (~8 ms per compile on the bench's pipelines, issue 16).
-  let work: string;
+  let work = "";
   try {
     work = fs.mkdtempSync(path.join(os.tmpdir(), "kfp-sync-"));
+    fs.writeFileSync(path.join(work, DRIVER_FILE), COMPILE_DRIVER);
   } catch (error) {
-    throw new UsageError(`cannot make a scratch folder in ${os.tmpdir()} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}): point TMPDIR at a writable folder`, { cause: error });
-  }
-  const script = path.join(work, "kfp_sync_driver.py");
-  try {
-    fs.writeFileSync(script, COMPILE_DRIVER);
-  } catch (error) {
-    fs.rmSync(work, { recursive: true, force: true });
-    throw new UsageError(`cannot write to the scratch folder ${work} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}): free space there or point TMPDIR at another folder`, { cause: error });
+    if (work) fs.rmSync(work, { recursive: true, force: true });
+    throw new UsageError(`cannot make a scratch folder in ${os.tmpdir()} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message}): point TMPDIR at a writable folder with free space`, { cause: error });
   }
   let driver: Bun.Subprocess<"pipe", "pipe", "pipe">;
   try {
-    driver = Bun.spawn([cfg.python, script], { cwd: cfg.cwd, env: driverEnv(process.env as Env, run.secrets), stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    driver = Bun.spawn([cfg.python, path.join(work, DRIVER_FILE)], { cwd: cfg.cwd, env: driverEnv(process.env as Env, run.secrets), stdin: "pipe", stdout: "pipe", stderr: "pipe" });
   } catch (error) {
     fs.rmSync(work, { recursive: true, force: true });
     throw new UsageError(`cannot run Python "${cfg.python}": ${(error as Error).message}. Install Python 3 or point --python/KFP_SYNC_PYTHON at one`, { cause: error });
@@ -1542,7 +1542,7 @@ async function resultOf(file: PipelineFile, job: { output: string; final: string
   } catch (error) {
     return { ok: false, file, ms, problem: { stage: "compile", file: file.path, message: `cannot write the compiled YAML to ${shown(job.final)}: ${(error as Error).message}` } };
   }
-  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml, fingerprint: fingerprintOf(docs[0], docs[1]), notKept: job.notKept };
+  return { ok: true, file, ms, irName, description: spec.pipelineInfo?.description, output: job.final, yaml, documents: docs, fingerprint: fingerprintOf(docs[0], docs[1]), notKept: job.notKept };
 }
 
 /**
@@ -2150,11 +2150,10 @@ export function changesDescription(changes: Change[]): string | undefined {
   return changes.length > 0 ? ["Changes:", ...changeLines(changes, 40).map((line) => `- ${line}`)].join("\n") : undefined;
 }
 
-/** The changes a sync of `compiledYaml` makes to `name`, against the server's latest stored spec (none: a new pipeline). */
-export function changesOf(name: string, compiledYaml: string, latest: { pipeline_spec?: unknown } | undefined): Change[] {
+/** The changes a sync of the compiled `documents` makes to `name`, against the server's latest stored spec (none: a new pipeline). */
+export function changesOf(name: string, documents: unknown[], latest: { pipeline_spec?: unknown } | undefined): Change[] {
   try {
-    const docs = yamlDocuments(compiledYaml);
-    const after = canonicalSpec(docs[0], docs[1]);
+    const after = canonicalSpec(documents[0], documents[1]);
     if (!latest) return newPipelineChanges(name, after);
     if (!latest.pipeline_spec || typeof latest.pipeline_spec !== "object") {
       return [{ kind: "unavailable", text: `${name}: changes not available: the server's latest version carries no readable spec` }];
@@ -2382,7 +2381,7 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
   let plan = await planUpload(ctx, name, fingerprint);
   const planned = plan;
   // A pipeline without versions is as good as new: nothing to compare with.
-  const changes = plan.kind === "unchanged" ? [] : changesOf(name, spec.yaml, plan.kind === "version" ? plan.newest[0] : undefined);
+  const changes = plan.kind === "unchanged" ? [] : changesOf(name, spec.documents, plan.kind === "version" ? plan.newest[0] : undefined);
   if (ctx.dryRun) {
     if (plan.kind === "unchanged") return { ...done("unchanged", plan.pipeline, plan.version), state: undefined, plan: "unchanged", changes };
     const pipelineId = plan.kind === "version" ? plan.pipeline.pipeline_id : undefined;
@@ -2410,7 +2409,7 @@ export async function uploadOne(ctx: UploadContext, spec: CompiledSpec, name: st
 
   const pipeline = plan.pipeline;
   // Raced into "version" by a create that lost (409): the diff is against what the other sync made.
-  const versionChanges = plan === planned ? changes : changesOf(name, spec.yaml, plan.newest[0]);
+  const versionChanges = plan === planned ? changes : changesOf(name, spec.documents, plan.newest[0]);
   await outlastNewest(ctx, plan.newest);
   // The KFP UI shows a version's description: it says why the version exists (issue 17).
   const query = { pipelineid: pipeline.pipeline_id, name: ctx.versionTag, display_name: ctx.versionTag, description: fitDescription(changesDescription(versionChanges), description, ctx.warn), tags: tagsOf(ctx) };
@@ -2862,8 +2861,8 @@ interface PipelineInput {
   required: boolean;
 }
 
-export function pipelineInputs(specYaml: string): Map<string, PipelineInput> {
-  const ir = yamlDocuments(specYaml)[0] as { root?: { inputDefinitions?: { parameters?: Record<string, { parameterType?: string; isOptional?: boolean; defaultValue?: unknown }> } } } | undefined;
+export function pipelineInputs(pipelineSpec: unknown): Map<string, PipelineInput> {
+  const ir = pipelineSpec as { root?: { inputDefinitions?: { parameters?: Record<string, { parameterType?: string; isOptional?: boolean; defaultValue?: unknown }> } } } | undefined;
   const inputs = new Map<string, PipelineInput>();
   for (const [name, p] of Object.entries(ir?.root?.inputDefinitions?.parameters ?? {})) {
     inputs.set(name, { type: p.parameterType ?? "STRING", required: !p.isOptional && p.defaultValue === undefined });
@@ -2931,8 +2930,8 @@ export interface KfpRecurringRun {
 export interface ScheduledPipeline {
   pipelineId?: string;
   versionId?: string;
-  /** The YAML this run compiled, for the parameter check. */
-  specYaml: string;
+  /** The compiled pipeline spec (parsed IR): its inputs are what a schedule's parameters must fit. */
+  spec: unknown;
   /** Why its schedules are left as they are (it failed in this run). */
   failed?: string;
 }
@@ -3158,7 +3157,7 @@ export async function syncSchedules(ctx: ScheduleContext, file: ScheduleFile, pi
       } else outcomes.push(fail(entry, `no pipeline named ${entry.pipeline} in this run (pipelines: ${known})`));
       continue;
     }
-    const problem = parameterProblem(entry, pipelineInputs(pipeline.specYaml));
+    const problem = parameterProblem(entry, pipelineInputs(pipeline.spec));
     if (problem) outcomes.push(fail(entry, problem));
     else if (pipeline.failed) outcomes.push({ pipeline: entry.pipeline, name: entry.name, where: entry.where, state: "skipped", message: `left as it is: pipeline ${entry.pipeline} failed in this run (${pipeline.failed})` });
     else ready.push(entry);
@@ -3293,7 +3292,7 @@ async function scheduleStage(found: Discovery, compiled: CompileRun, uploaded: U
     // A version this dry run would add is not the one a pinned schedule points at.
     const versionId = o?.plan === "version" ? undefined : o?.versionId;
     const failed = o?.state === "failed" ? (o.problem?.message ?? "upload failed") : run.stopped ? "the run was interrupted" : undefined;
-    pipelines.set(o?.pipelineName ?? r.irName, { pipelineId: o?.pipelineId, versionId, specYaml: r.yaml, failed });
+    pipelines.set(o?.pipelineName ?? r.irName, { pipelineId: o?.pipelineId, versionId, spec: r.documents[0], failed });
   }
   // A file that did not compile may hold the pipeline a schedule names.
   const uncompiled = [...found.problems.map((p) => p.file!), ...compiled.results.filter((r) => !r.ok).map((r) => reportKey(r.file))].map(shown);

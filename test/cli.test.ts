@@ -33,7 +33,7 @@ describe("cli", () => {
       [["--dry-run", "--version-tag", "Bad Tag"], {}, "breaks the server's name rule"],
       [["--dry-run", "--ntfy-url", "http://ntfy.local/"], {}, "must end with a topic name"],
       [["--dry-run", "--host", "http://127.0.0.1:9"], { KF_PIPELINES_SA_TOKEN_PATH: "/nonexistent/token" }, "/nonexistent/token, which does not exist"],
-      [["--dry-run", "--out-dir", scratch()], { TMPDIR: "/nonexistent/tmp" }, "cannot make a scratch folder in /nonexistent/tmp (ENOENT): point TMPDIR at a writable folder"],
+      [["--dry-run", "--out-dir", scratch()], { TMPDIR: "/nonexistent/tmp" }, "cannot make a scratch folder in /nonexistent/tmp (ENOENT): point TMPDIR at a writable folder with free space"],
     ];
     for (const [args, env, message] of cases) {
       const r = await run(args, { cwd: EXAMPLES, env });
